@@ -1,0 +1,288 @@
+"""The domain events the Progress Context consumes, and the records the event store returns."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeAlias, Union
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from .errors import EventValidationError, SerializationError
+
+__all__ = [
+    "UserCreated",
+    "SessionStarted",
+    "CorrectAnswerGiven",
+    "SessionCompleted",
+    "ReviewProcessed",
+    "DomainEvent",
+    "KNOWN_EVENT_TYPES",
+    "EventMetadata",
+    "PersistedEvent",
+    "Snapshot",
+    "parse_event",
+    "format_timestamp",
+]
+
+# Bounds keep every sum the folds compute inside int64 (10 million sessions of 10^9 s
+# still fit), so the polars fold and the Python fold cannot disagree by overflow.
+_MAX_COUNT = 1_000_000
+_MAX_SECONDS = 1_000_000_000
+_MAX_DAYS = 1_000_000.0
+
+Identifier = Annotated[str, Field(strict=True, min_length=1, max_length=256)]
+Count = Annotated[int, Field(strict=True, ge=0, le=_MAX_COUNT)]
+Seconds = Annotated[int, Field(strict=True, ge=0, le=_MAX_SECONDS)]
+Millis = Annotated[int, Field(strict=True, ge=0, le=_MAX_SECONDS * 1000)]
+Days = Annotated[float, Field(strict=True, ge=0, le=_MAX_DAYS, allow_inf_nan=False)]
+
+
+class _Event(BaseModel):
+    # Known fields are strict; fields other contexts add later are kept, not dropped.
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    def to_data(self) -> dict[str, Any]:
+        """The event's JSON form: ``{"type": ..., **payload}``."""
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+class UserCreated(_Event):
+    """A learner account was created (the e-mail never reaches a read model)."""
+
+    type: Literal["UserCreated"] = "UserCreated"
+    user_id: Identifier
+    email: str | None = None
+    display_name: str | None = None
+
+
+class SessionStarted(_Event):
+    """A study session began with ``item_count`` items to go through."""
+
+    type: Literal["SessionStarted"] = "SessionStarted"
+    session_id: Identifier
+    user_id: Identifier
+    item_count: Count
+    deck_id: str | None = None
+
+
+class CorrectAnswerGiven(_Event):
+    """An item of a session was answered correctly."""
+
+    type: Literal["CorrectAnswerGiven"] = "CorrectAnswerGiven"
+    session_id: Identifier
+    item_id: Identifier
+    response_time_ms: Millis | None = None
+
+
+class SessionCompleted(_Event):
+    """A study session ended after ``duration_seconds`` (an integer, so sums are exact)."""
+
+    type: Literal["SessionCompleted"] = "SessionCompleted"
+    session_id: Identifier
+    duration_seconds: Seconds
+
+
+class ReviewProcessed(_Event):
+    """The scheduler reviewed an item; ``new_interval`` (days) decides its mastery class."""
+
+    type: Literal["ReviewProcessed"] = "ReviewProcessed"
+    user_id: Identifier
+    item_id: Identifier
+    quality: Annotated[int, Field(strict=True, ge=0, le=5)]
+    previous_interval: Days | None = None
+    new_interval: Days
+    easiness_factor: Annotated[float, Field(strict=True, gt=0, le=1000, allow_inf_nan=False)]
+
+
+DomainEvent: TypeAlias = Union[
+    UserCreated, SessionStarted, CorrectAnswerGiven, SessionCompleted, ReviewProcessed
+]
+_EVENT_CLASSES: dict[str, type[_Event]] = {
+    cls.__name__: cls
+    for cls in (UserCreated, SessionStarted, CorrectAnswerGiven, SessionCompleted, ReviewProcessed)
+}
+KNOWN_EVENT_TYPES: tuple[str, ...] = tuple(_EVENT_CLASSES)
+_DOMAIN_ADAPTER: TypeAdapter[DomainEvent] = TypeAdapter(
+    Annotated[DomainEvent, Field(discriminator="type")]
+)
+
+
+def format_timestamp(value: datetime) -> str:
+    """Format an aware datetime as the store's canonical UTC text, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class EventMetadata(BaseModel):
+    """Who and when: ``timestamp`` is when the event happened in the learning app.
+
+    A naive ``timestamp`` is taken to be UTC; it is stored in UTC with microseconds.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    user_id: Annotated[str, Field(strict=True, min_length=1, max_length=256)] | None = None
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("timestamp")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def to_data(self) -> dict[str, Any]:
+        """The metadata's JSON form, with the canonical timestamp text."""
+        return {
+            "user_id": self.user_id,
+            "timestamp": format_timestamp(self.timestamp),
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+        }
+
+
+class PersistedEvent(BaseModel):
+    """An event as the store holds it: its place in its stream and in the whole log."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    stream_id: str
+    stream_version: int
+    global_position: int
+    event_type: str
+    event_data: dict[str, Any]
+    metadata: EventMetadata
+    created_at: datetime
+
+    @property
+    def event(self) -> DomainEvent | None:
+        """The typed domain event, or ``None`` for a type the Progress Context does not know."""
+        if self.event_type not in _EVENT_CLASSES:
+            return None
+        return parse_event(self.event_data)
+
+
+class Snapshot(BaseModel):
+    """The state of a stream (or of a projection) at ``version``, as opaque bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stream_id: str
+    version: int
+    state: bytes
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, stream_id: str, version: int, state: Any) -> Snapshot:
+        """A snapshot whose state is a JSON-serialisable object."""
+        return cls(stream_id=stream_id, version=version, state=pydantic_core.to_json(state))
+
+    def json_state(self) -> Any:
+        """The state decoded from JSON (for snapshots made by :meth:`from_json`)."""
+        return json.loads(self.state)
+
+
+def parse_event(data: Mapping[str, Any]) -> DomainEvent:
+    """Validate the JSON form of a known event and return the typed event.
+
+    Raises
+    ------
+    EventValidationError
+        When a field is missing, of the wrong type or out of range.
+    """
+    try:
+        return _DOMAIN_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, "event_data") from None
+
+
+def _validation_error(exc: ValidationError, prefix: str) -> EventValidationError:
+    errors = [
+        (".".join([prefix, *(str(p) for p in err["loc"])]), err["msg"]) for err in exc.errors()
+    ]
+    text = "; ".join(f"{loc}: {msg}" for loc, msg in errors)
+    return EventValidationError(f"invalid event: {text}", errors=errors)
+
+
+EventLike: TypeAlias = Union[_Event, Mapping[str, Any]]
+NewEvent: TypeAlias = Union[EventLike, tuple[EventLike, "EventMetadata | Mapping[str, Any] | None"]]
+
+
+def _check_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise EventValidationError(f"{what} must be a non-empty string of at most 256 characters")
+    if any(ord(ch) < 32 for ch in value):
+        raise EventValidationError(f"{what} must not contain control characters")
+    return value
+
+
+def encode_new_event(item: NewEvent) -> tuple[str, dict[str, Any], EventMetadata]:
+    """Validate one item given to ``append_events``; return (type, JSON data, metadata).
+
+    Known types are validated against their schema; unknown types are kept as they
+    come, as long as they are JSON objects with a ``type``.
+    """
+    if isinstance(item, tuple):
+        if len(item) != 2:
+            raise EventValidationError("an event with metadata must be a pair (event, metadata)")
+        event, meta = item
+    else:
+        event, meta = item, None
+    if isinstance(event, _Event):
+        data = event.to_data()
+    elif isinstance(event, Mapping):
+        event_type = _check_name(event.get("type"), "event_data.type")
+        cls = _EVENT_CLASSES.get(event_type)
+        if cls is not None:
+            try:
+                data = cls.model_validate(event).to_data()
+            except ValidationError as exc:
+                raise _validation_error(exc, "event_data") from None
+        else:
+            data = _json_object(event)
+    else:
+        raise EventValidationError(
+            f"an event must be a domain event or a mapping with a 'type', not {type(event).__name__}"
+        )
+    _check_name(data["type"], "event_data.type")
+    if meta is None:
+        metadata = EventMetadata()
+    elif isinstance(meta, EventMetadata):
+        metadata = meta
+    elif isinstance(meta, Mapping):
+        try:
+            metadata = EventMetadata.model_validate(dict(meta))
+        except ValidationError as exc:
+            raise _validation_error(exc, "metadata") from None
+    else:
+        raise EventValidationError(f"metadata must be EventMetadata or a mapping, not {type(meta).__name__}")
+    return data["type"], data, metadata
+
+
+def _json_object(value: Mapping[str, Any]) -> dict[str, Any]:
+    # Unknown events are stored as they come, but only if they are plain finite JSON.
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise EventValidationError(f"event_data is not a JSON object: {exc}") from None
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """Compact JSON text, the store's encoding of payloads and metadata."""
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"cannot encode as JSON: {exc}") from None
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for an int or a finite float (and not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,424 @@
+"""The event log as polars DataFrames: Arrow reads, fixed-schema JSON decoding, validation."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+import sqlalchemy as sa
+
+from .events import KNOWN_EVENT_TYPES
+
+if TYPE_CHECKING:
+    from .store import EventStore
+
+__all__ = [
+    "FRAME_SCHEMA",
+    "PAYLOAD_FIELDS",
+    "read_events_frame",
+    "iter_events_frames",
+    "decode_frame",
+    "check_raw_event",
+]
+
+# The payload fields the statistics read, with their polars types. Other payload fields
+# (e-mail, display name, deck, response time) stay in the JSON text: the e-mail address
+# must never travel into a read model, and the fold does not need the rest.
+PAYLOAD_FIELDS: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "session_id": pl.String(),
+    "item_id": pl.String(),
+    "item_count": pl.Int64(),
+    "duration_seconds": pl.Int64(),
+    "quality": pl.Int64(),
+    "new_interval": pl.Float64(),
+    "easiness_factor": pl.Float64(),
+}
+_META_FIELDS: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "timestamp": pl.String(),
+    "correlation_id": pl.String(),
+    "causation_id": pl.String(),
+}
+_UTC = pl.Datetime("us", "UTC")
+FRAME_SCHEMA: dict[str, pl.DataType] = {
+    "global_position": pl.Int64(),
+    "event_id": pl.String(),
+    "stream_id": pl.String(),
+    "stream_version": pl.Int64(),
+    "event_type": pl.String(),
+    "created_at": _UTC,
+    "timestamp": _UTC,
+    "metadata_user_id": pl.String(),
+    "correlation_id": pl.String(),
+    "causation_id": pl.String(),
+    **PAYLOAD_FIELDS,
+    "malformed": pl.String(),
+}
+
+# Which fields each known event type must carry, and their ranges; mirrors events.py.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "UserCreated": ("user_id",),
+    "SessionStarted": ("session_id", "user_id", "item_count"),
+    "CorrectAnswerGiven": ("session_id", "item_id"),
+    "SessionCompleted": ("session_id", "duration_seconds"),
+    "ReviewProcessed": ("user_id", "item_id", "quality", "new_interval", "easiness_factor"),
+}
+_INT_RANGE = {"item_count": (0, 1_000_000), "duration_seconds": (0, 1_000_000_000), "quality": (0, 5)}
+_FLOAT_RANGE = {"new_interval": (0.0, 1_000_000.0), "easiness_factor": (0.0, 1000.0)}
+_ID_FIELDS = ("user_id", "session_id", "item_id")
+_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
+_TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+# What polars makes of a non-string JSON value decoded into a string column.
+_COERCED = r"^(?:-?[0-9].*|true|false|[\[{].*)$"
+
+
+def check_raw_event(event_type: str, event_data: str | None, metadata: str | None) -> str | None:
+    """Why a stored known event cannot be folded, or ``None`` when it can.
+
+    This is the plain-Python statement of the rule the vectorized decoder applies: the
+    payload is a JSON object whose ``type`` is ``event_type``, every field the
+    statistics read is present with its JSON type and range, identifiers are non-empty
+    strings of at most 256 characters without NUL, and the metadata is a JSON object
+    with a canonical UTC ``timestamp`` and a string-or-null ``user_id``.
+    """
+    try:
+        data = json.loads(event_data) if event_data is not None else None
+        meta = json.loads(metadata) if metadata is not None else None
+    except ValueError:
+        return "invalid JSON"
+    if not isinstance(data, dict) or not isinstance(meta, dict):
+        return "not a JSON object"
+    if data.get("type") != event_type:
+        return "event_data.type differs from event_type"
+    for name in _REQUIRED[event_type]:
+        value = data.get(name)
+        if name in _ID_FIELDS:
+            if not _is_identifier(value):
+                return f"event_data.{name}: missing or not an identifier"
+        elif name in _INT_RANGE:
+            low, high = _INT_RANGE[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                return f"event_data.{name}: missing, not an integer or out of range"
+        else:
+            low_f, high_f = _FLOAT_RANGE[name]
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or not (low_f < value if name == "easiness_factor" else low_f <= value) or value > high_f:
+                return f"event_data.{name}: missing, not a finite number or out of range"
+    user = meta.get("user_id")
+    if user is not None and not _is_identifier(user):
+        return "metadata.user_id: not an identifier"
+    stamp = meta.get("timestamp")
+    if not isinstance(stamp, str) or not _TIMESTAMP_RE.fullmatch(stamp):
+        return "metadata.timestamp: missing or not canonical UTC"
+    try:
+        datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return "metadata.timestamp: not a valid time"
+    return None
+
+
+def _is_identifier(value: Any) -> bool:
+    if not isinstance(value, str) or not 1 <= len(value) <= 256 or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from "\ud800"
+        return False
+    return True
+
+
+def _ndjson(column: pa.ChunkedArray | pa.Array) -> bytes:
+    # Rows arrive as Arrow strings that already end in "\n": their value buffer *is*
+    # an NDJSON document, so no Python object is made per event.
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = array.cast(pa.large_string())
+    if len(array) == 0:
+        return b""
+    offsets = array.buffers()[1]
+    start, end = (
+        int.from_bytes(offsets[(array.offset + i) * 8 : (array.offset + i + 1) * 8], "little", signed=True)
+        for i in (0, len(array))
+    )
+    return array.buffers()[2][start:end].to_pybytes()
+
+
+def _decode_json(lines: pa.ChunkedArray | pa.Array, schema: dict[str, pl.DataType], n: int) -> pl.DataFrame | None:
+    if n == 0:
+        return pl.DataFrame(schema=schema)
+    try:
+        decoded = pl.read_ndjson(io.BytesIO(_ndjson(lines)), schema=schema)
+    except Exception:  # a row that is not a JSON object of the schema's types
+        return None
+    return decoded if decoded.height == n else None
+
+
+def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
+    """Turn the store's columns (Arrow) into the typed events frame.
+
+    ``table`` has the columns of ``event_store`` plus ``data_line`` and ``meta_line``:
+    the JSON texts with line breaks removed and one ``\\n`` appended (the SQL adds them).
+    """
+    n = table.num_rows
+    base = pl.from_arrow(table.select(["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]))
+    assert isinstance(base, pl.DataFrame)
+    base = base.with_columns(
+        pl.col("global_position").cast(pl.Int64),
+        pl.col("stream_version").cast(pl.Int64),
+        _as_utc(pl.col("created_at"), base.schema["created_at"]),
+    )
+    payload = _decode_json(table.column("data_line"), {"type": pl.String(), **PAYLOAD_FIELDS}, n)
+    meta = _decode_json(table.column("meta_line"), _META_FIELDS, n)
+    python_reasons = pl.Series("python_reason", [None] * n, dtype=pl.String)
+    python_checked = pl.Series("python_checked", [False] * n, dtype=pl.Boolean)
+    if payload is None or meta is None:
+        payload, meta, python_reasons = _decode_row_by_row(table)
+        python_checked = pl.Series("python_checked", [True] * n, dtype=pl.Boolean)
+    frame = pl.concat(
+        [
+            base,
+            meta.select(
+                pl.col("timestamp").alias("timestamp_text"),
+                pl.col("user_id").alias("metadata_user_id"),
+                "correlation_id",
+                "causation_id",
+            ),
+            payload.rename({"type": "data_type"}),
+            python_checked.to_frame(),
+            python_reasons.to_frame(),
+        ],
+        how="horizontal",
+    )
+    frame = _validate(frame).with_columns(pl.coalesce("python_reason", "malformed").alias("malformed")).drop("python_reason")
+    # Values polars may have coerced from another JSON type get the strict Python check.
+    suspects = frame.filter(~pl.col("python_checked") & pl.col("malformed").is_null() & _suspect_expr())
+    if suspects.height:
+        positions = set(suspects["global_position"].to_list())
+        raws = pl.from_arrow(table.select(["global_position", "event_type", "event_data", "metadata"]))
+        assert isinstance(raws, pl.DataFrame)
+        reasons = {
+            row["global_position"]: check_raw_event(row["event_type"], row["event_data"], row["metadata"])
+            for row in raws.filter(pl.col("global_position").cast(pl.Int64).is_in(list(positions))).iter_rows(named=True)
+        }
+        fixes = pl.DataFrame(
+            {"global_position": list(reasons), "python_reason": list(reasons.values())},
+            schema={"global_position": pl.Int64, "python_reason": pl.String},
+        )
+        frame = (
+            frame.join(fixes, on="global_position", how="left")
+            .with_columns(
+                pl.when(pl.col("global_position").is_in(list(positions)))
+                .then(pl.col("python_reason"))
+                .otherwise(pl.col("malformed"))
+                .alias("malformed")
+            )
+            .drop("python_reason")
+        )
+    columns = list(FRAME_SCHEMA)
+    if raw:
+        frame = frame.with_columns(
+            pl.Series("event_data", table.column("event_data").to_pylist(), dtype=pl.String),
+            pl.Series("metadata", table.column("metadata").to_pylist(), dtype=pl.String),
+        )
+        columns += ["event_data", "metadata"]
+    return frame.select(columns)
+
+
+def _as_utc(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    if dtype == pl.String:
+        return expr.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us", time_zone="UTC")
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
+        return expr.dt.cast_time_unit("us").dt.replace_time_zone("UTC")
+    return expr.dt.cast_time_unit("us").dt.convert_time_zone("UTC")
+
+
+def _suspect_expr() -> pl.Expr:
+    known = pl.col("event_type").is_in(KNOWN_EVENT_TYPES)
+    suspect = pl.lit(False)
+    for name in ("user_id", "session_id", "item_id", "metadata_user_id", "data_type"):
+        value = pl.col(name)
+        suspect = suspect | (value.str.contains(_COERCED) | value.str.contains("\x00", literal=True)).fill_null(False)
+    return known & suspect
+
+
+def _validate(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``malformed`` (why a known event cannot be folded) and the parsed ``timestamp``."""
+    timestamp = (
+        pl.when(pl.col("timestamp_text").str.len_bytes() == 27)
+        .then(pl.col("timestamp_text").str.to_datetime(_TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False))
+        .otherwise(None)
+    )
+    frame = frame.with_columns(timestamp.alias("timestamp"))
+    reason: pl.Expr = pl.lit(None, dtype=pl.String)
+    checks: list[tuple[pl.Expr, str]] = []
+    for event_type, fields in _REQUIRED.items():
+        is_type = pl.col("event_type") == event_type
+        for name in fields:
+            value = pl.col(name)
+            if name in _ID_FIELDS:
+                bad = value.is_null() | ~value.str.len_chars().is_between(1, 256)
+                text = f"event_data.{name}: missing or not an identifier"
+            elif name in _INT_RANGE:
+                low, high = _INT_RANGE[name]
+                bad = value.is_null() | ~value.is_between(low, high)
+                text = f"event_data.{name}: missing, not an integer or out of range"
+            else:
+                low_f, high_f = _FLOAT_RANGE[name]
+                lower_ok = value > low_f if name == "easiness_factor" else value >= low_f
+                bad = value.is_null() | ~value.is_finite() | ~lower_ok | (value > high_f)
+                text = f"event_data.{name}: missing, not a finite number or out of range"
+            checks.append((is_type & bad.fill_null(True), text))
+    known = pl.col("event_type").is_in(KNOWN_EVENT_TYPES)
+    checks = [
+        (known & (pl.col("data_type") != pl.col("event_type")).fill_null(True), "event_data.type differs from event_type"),
+        *checks,
+        (
+            known & pl.col("metadata_user_id").is_not_null() & ~pl.col("metadata_user_id").str.len_chars().is_between(1, 256),
+            "metadata.user_id: not an identifier",
+        ),
+        (known & pl.col("timestamp").is_null(), "metadata.timestamp: missing or not canonical UTC"),
+    ]
+    for condition, text in reversed(checks):
+        reason = pl.when(condition).then(pl.lit(text)).otherwise(reason)
+    frame = frame.with_columns(reason.alias("malformed"))
+    return frame
+
+
+def _decode_row_by_row(table: pa.Table) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
+    """The slow path for a batch with rows that are not JSON objects of the right types.
+
+    Rows the strict Python check rejects are decoded as empty objects (and so come out
+    malformed); the others are decoded by polars as usual.
+    """
+    types = table.column("event_type").to_pylist()
+    datas = table.column("event_data").to_pylist()
+    metas = table.column("metadata").to_pylist()
+    data_lines: list[str] = []
+    meta_lines: list[str] = []
+    reasons: list[str | None] = []
+    for event_type, data, meta in zip(types, datas, metas):
+        reason = check_raw_event(event_type, data, meta) if event_type in KNOWN_EVENT_TYPES else None
+        reasons.append(reason)
+        if event_type in KNOWN_EVENT_TYPES and reason is None:
+            data_lines.append(_one_line(data))
+            meta_lines.append(_one_line(meta))
+        else:
+            data_lines.append("{}")
+            meta_lines.append(_safe_meta(meta))
+    payload = pl.read_ndjson(io.BytesIO("\n".join(data_lines).encode() + b"\n"), schema={"type": pl.String(), **PAYLOAD_FIELDS})
+    meta_frame = pl.read_ndjson(io.BytesIO("\n".join(meta_lines).encode() + b"\n"), schema=_META_FIELDS)
+    return payload, meta_frame, pl.Series("python_reason", reasons, dtype=pl.String)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", " ").replace("\r", " ")
+
+
+def _safe_meta(meta: str | None) -> str:
+    # Keep what metadata of an unknown or broken event can be decoded, for the frame's sake.
+    try:
+        value = json.loads(meta) if meta is not None else None
+    except ValueError:
+        return "{}"
+    if not isinstance(value, dict):
+        return "{}"
+    kept = {k: value[k] for k in _META_FIELDS if isinstance(value.get(k), str) and _is_identifier(value[k])}
+    return json.dumps(kept)
+
+
+def _select_sql(store: EventStore) -> str:
+    nl = "char(10)" if store.dialect == "sqlite" else "E'\\n'"
+    cr = "char(13)" if store.dialect == "sqlite" else "E'\\r'"
+    line = "replace(replace({col}, {nl}, ' '), {cr}, ' ') || {nl}"
+    return (
+        "SELECT global_position, event_id, stream_id, stream_version, event_type, created_at, "
+        "event_data, metadata, "
+        f"{line.format(col='event_data', nl=nl, cr=cr)} AS data_line, "
+        f"{line.format(col='metadata', nl=nl, cr=cr)} AS meta_line "
+        "FROM event_store WHERE global_position >= {p1} AND global_position <= {p2} "
+        "ORDER BY global_position"
+    )
+
+
+def _read_arrow(store: EventStore, from_position: int, to_position: int) -> pa.Table:
+    conn = _adbc_connection(store)
+    if conn is not None:
+        placeholder = ("?", "?") if store.dialect == "sqlite" else ("$1", "$2")
+        sql = _select_sql(store).format(p1=placeholder[0], p2=placeholder[1])
+        with conn.cursor() as cursor:
+            cursor.execute(sql, (from_position, to_position))
+            table: pa.Table = cursor.fetch_arrow_table()
+        return table
+    # No ADBC driver for this URL (an in-memory SQLite, say): the same query through SQLAlchemy.
+    sql = _select_sql(store).format(p1=":p1", p2=":p2")
+    with store.engine.connect() as sa_conn:
+        result = sa_conn.execute(sa.text(sql), {"p1": from_position, "p2": to_position})
+        rows = result.all()
+        names = list(result.keys())
+    columns = list(zip(*rows)) if rows else [[] for _ in names]
+    created = [str(v) if v is not None else None for v in columns[names.index("created_at")]]
+    arrays = {
+        name: pa.array(list(col), type=pa.int64() if name in ("global_position", "stream_version") else pa.string())
+        for name, col in zip(names, columns)
+        if name != "created_at"
+    }
+    arrays["created_at"] = pa.array(created, type=pa.string())
+    return pa.table(arrays)
+
+
+def _adbc_connection(store: EventStore) -> Any:
+    cached = getattr(store, "_adbc", None)
+    if cached is not None:
+        return cached
+    url = store.engine.url
+    conn: Any = None
+    if store.dialect == "sqlite":
+        database = url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+        conn = adbc_sqlite.connect(database)
+    elif store.dialect == "postgresql":
+        try:
+            import adbc_driver_postgresql.dbapi as adbc_pg
+        except ImportError:
+            return None
+        uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = adbc_pg.connect(uri)
+    if conn is not None:
+        store._adbc = conn  # type: ignore[attr-defined]
+    return conn
+
+
+def read_events_frame(
+    store: EventStore, from_position: int = 1, to_position: int | None = None, *, raw: bool = False
+) -> pl.DataFrame:
+    """The events between two positions (inclusive) as a typed frame; see :data:`FRAME_SCHEMA`."""
+    upper = to_position if to_position is not None else 2**62
+    return decode_frame(_read_arrow(store, from_position, upper), raw=raw)
+
+
+def iter_events_frames(
+    store: EventStore,
+    from_position: int = 1,
+    to_position: int | None = None,
+    batch_size: int = 250_000,
+) -> Iterator[pl.DataFrame]:
+    """The log in frames of at most ``batch_size`` positions, so memory stays bounded."""
+    head = store.head_position() if to_position is None else to_position
+    start = from_position
+    while start <= head:
+        end = min(start + batch_size - 1, head)
+        frame = read_events_frame(store, start, end)
+        if frame.height:
+            yield frame
+        start = end + 1
+

@@ -1,0 +1,591 @@
+"""The append-only event store over SQLite or PostgreSQL, through SQLAlchemy Core."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import sqlalchemy as sa
+import uuid_utils
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from . import _schema
+from ._schema import event_store as _events
+from ._schema import snapshots as _snapshots
+from .errors import (
+    ConcurrencyError,
+    EventStoreError,
+    EventValidationError,
+    MissingExtraError,
+    SerializationError,
+    StoreUnavailableError,
+)
+from .events import (
+    EventMetadata,
+    NewEvent,
+    PersistedEvent,
+    Snapshot,
+    _check_name,
+    dumps,
+    encode_new_event,
+)
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = ["EventStore", "SnapshotPolicy", "NewRecord", "connect", "DEFAULT_URL"]
+
+DEFAULT_URL = "sqlite:///progress.db"
+# Every append on PostgreSQL holds this transaction-level advisory lock until commit,
+# so positions are taken in commit order and a tailing reader can never see position p
+# before an event below p commits (a plain BIGSERIAL gives no such guarantee).
+_APPEND_LOCK_KEY = 7406102
+_COLUMNS = (
+    "global_position",
+    "event_id",
+    "stream_id",
+    "stream_version",
+    "event_type",
+    "event_data",
+    "metadata",
+    "created_at",
+)
+_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """When to snapshot and how many snapshots to keep per stream."""
+
+    every: int = 100
+    keep: int = 3
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.keep < 1:
+            raise ValueError("SnapshotPolicy needs every >= 1 and keep >= 1")
+
+    def is_due(self, last_version: int, version: int) -> bool:
+        """True when ``version`` is at least ``every`` events past ``last_version``."""
+        return version - last_version >= self.every
+
+
+class NewRecord(NamedTuple):
+    """One validated event on its way into the store (see :meth:`EventStore.append_records`)."""
+
+    stream_id: str
+    event_type: str
+    event_data: dict[str, Any]
+    metadata: EventMetadata
+    event_id: str | None = None
+    created_at: datetime | None = None
+
+
+def connect(
+    url: str = DEFAULT_URL,
+    *,
+    snapshot_policy: SnapshotPolicy | None = None,
+    clock: Callable[[], datetime] | None = None,
+    **engine_options: Any,
+) -> EventStore:
+    """Open (and if needed create) the event store at a SQLAlchemy URL.
+
+    Parameters
+    ----------
+    url
+        ``sqlite:///path/to/file.db`` (the embedded default) or a PostgreSQL URL such as
+        ``postgresql://user@host/db`` (the psycopg driver, extra ``postgres``).
+    snapshot_policy
+        Snapshot frequency and retention; defaults to every 100 events, keep 3.
+    clock
+        The store's clock for ``created_at``; defaults to the wall clock in UTC.
+
+    Examples
+    --------
+    >>> store = connect("sqlite:///:memory:")
+    >>> store.head_position()
+    0
+    """
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() == "postgresql":
+        if sa_url.drivername == "postgresql":
+            sa_url = sa_url.set(drivername="postgresql+psycopg")
+        try:
+            engine = sa.create_engine(sa_url, pool_pre_ping=True, **engine_options)
+        except ModuleNotFoundError as exc:
+            raise MissingExtraError(exc.name or "psycopg", "postgres") from None
+    elif sa_url.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(sa_url, **engine_options)
+    else:
+        raise EventStoreError(
+            f"unsupported database {sa_url.get_backend_name()!r}: use sqlite or postgresql"
+        )
+    try:
+        _schema.ensure_schema(engine)
+    except OperationalError as exc:
+        raise StoreUnavailableError(
+            f"cannot open {sa_url.render_as_string(hide_password=True)}: {_reason(exc)}"
+        ) from None
+    return EventStore(engine, snapshot_policy=snapshot_policy, clock=clock)
+
+
+def _sqlite_engine(url: sa.URL, **engine_options: Any) -> sa.Engine:
+    connect_args = {"timeout": 30.0, **engine_options.pop("connect_args", {})}
+    engine = sa.create_engine(url, connect_args=connect_args, **engine_options)
+
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN, so writers can take BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventStore:
+    """An append-only log of events, ordered per stream and globally.
+
+    Use :func:`connect` to open one. All operations are safe to call from several
+    processes at once; appends are serialised so that ``global_position`` follows
+    commit order.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        snapshot_policy: SnapshotPolicy | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.snapshot_policy = snapshot_policy or SnapshotPolicy()
+        self.clock = clock or _utcnow
+        self.dialect = engine.dialect.name
+        self._write_engine = (
+            engine.execution_options(sqlite_begin="IMMEDIATE") if self.dialect == "sqlite" else engine
+        )
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"EventStore({self.url!r})"
+
+    def close(self) -> None:
+        """Release the store's database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction holding the append lock until it commits.
+
+        Read models and checkpoints written through this connection commit together
+        with nothing else interleaved; errors become progress_lab errors.
+        """
+        try:
+            with self._write_engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
+                yield conn
+        except OperationalError as exc:
+            raise StoreUnavailableError(f"{self.url}: {_reason(exc)}") from None
+
+    def append_events(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None = None,
+    ) -> list[PersistedEvent]:
+        """Append events to one stream, atomically: all of them or none.
+
+        Parameters
+        ----------
+        stream_id
+            The stream to append to.
+        events
+            Domain events (``SessionStarted(...)``), JSON objects with a ``type``
+            (unknown types are stored as they come), or ``(event, metadata)`` pairs.
+        expected_version
+            ``None`` skips the check; ``N`` requires the stream to be at version ``N``
+            when the append commits (``0``: the stream must not exist yet).
+
+        Raises
+        ------
+        ConcurrencyError
+            When the stream is not at ``expected_version``.
+        EventValidationError
+            When an event or its metadata is invalid; ``index`` names the event.
+        """
+        _check_name(stream_id, "stream_id")
+        if expected_version is not None and (
+            isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0
+        ):
+            raise EventValidationError("expected_version must be None or an integer >= 0")
+        records = []
+        for index, item in enumerate(events):
+            try:
+                event_type, data, meta = encode_new_event(item)
+            except EventValidationError as exc:
+                raise EventValidationError(
+                    f"event {index}: {exc}", errors=exc.errors, index=index
+                ) from None
+            records.append(NewRecord(stream_id, event_type, data, meta))
+        with self.transaction() as conn:
+            actual = self._stream_versions(conn, [stream_id]).get(stream_id, 0)
+            if expected_version is not None and expected_version != actual:
+                raise ConcurrencyError(stream_id, expected_version, actual)
+            return self._write(conn, records, {stream_id: actual}, collect=True)
+
+    def append_records(
+        self,
+        records: Iterable[NewRecord],
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Append validated records to many streams in one transaction, in order.
+
+        The records are streamed in chunks (bounded memory); if the iterable raises,
+        nothing is written. Returns the number of events appended.
+        """
+        total = 0
+        with self.transaction() as conn:
+            versions: dict[str, int] = {}
+            chunk: list[NewRecord] = []
+            for record in records:
+                chunk.append(record)
+                if len(chunk) >= _CHUNK:
+                    total += self._write_chunk(conn, chunk, versions)
+                    if on_progress:
+                        on_progress(len(chunk))
+                    chunk = []
+            if chunk:
+                total += self._write_chunk(conn, chunk, versions)
+                if on_progress:
+                    on_progress(len(chunk))
+        return total
+
+    def _write_chunk(self, conn: sa.Connection, chunk: list[NewRecord], versions: dict[str, int]) -> int:
+        unknown = list({r.stream_id for r in chunk if r.stream_id not in versions})
+        found = self._stream_versions(conn, unknown)
+        for stream_id in unknown:
+            versions[stream_id] = found.get(stream_id, 0)
+        self._write(conn, chunk, versions, collect=False)
+        return len(chunk)
+
+    def _write(
+        self,
+        conn: sa.Connection,
+        records: Sequence[NewRecord],
+        versions: dict[str, int],
+        *,
+        collect: bool,
+    ) -> list[PersistedEvent]:
+        if not records:
+            return []
+        position = self._head(conn)
+        now = self.clock()
+        rows = []
+        for record in records:
+            position += 1
+            version = versions[record.stream_id] + 1
+            versions[record.stream_id] = version
+            rows.append(
+                (
+                    position,
+                    record.event_id or str(uuid_utils.uuid7()),
+                    record.stream_id,
+                    version,
+                    record.event_type,
+                    dumps(record.event_data),
+                    dumps(record.metadata.to_data()),
+                    (record.created_at or now).astimezone(UTC),
+                )
+            )
+        try:
+            self._insert_rows(conn, rows)
+        except IntegrityError as exc:
+            raise self._integrity_error(conn, exc, records) from None
+        if not collect:
+            return []
+        return [
+            PersistedEvent.model_construct(
+                event_id=row[1],
+                stream_id=row[2],
+                stream_version=row[3],
+                global_position=row[0],
+                event_type=row[4],
+                event_data=record.event_data,
+                metadata=record.metadata,
+                created_at=row[7],
+            )
+            for row, record in zip(rows, records)
+        ]
+
+    def _insert_rows(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+        if self.dialect == "postgresql":
+            # COPY is the bulk path: one round trip per buffer, not per row.
+            driver_conn = conn.connection.driver_connection
+            with driver_conn.cursor() as cursor:  # type: ignore[union-attr]
+                with cursor.copy(f"COPY event_store ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        else:
+            placeholders = ", ".join("?" for _ in _COLUMNS)
+            conn.exec_driver_sql(
+                f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+                [(*row[:7], _schema.sqlite_timestamp(row[7])) for row in rows],
+            )
+
+    def _integrity_error(
+        self, conn: sa.Connection, exc: IntegrityError, records: Sequence[NewRecord]
+    ) -> EventStoreError:
+        text = _reason(exc)
+        if "event_id" in text:
+            return EventStoreError(f"an event id is already in the store: {text}")
+        stream_id = records[0].stream_id
+        return EventStoreError(f"conflicting write to stream {stream_id!r}: {text}")
+
+    # -- reading -----------------------------------------------------------------
+
+    def head_position(self) -> int:
+        """The highest global position in the log (0 when empty)."""
+        with self.engine.connect() as conn:
+            return self._head(conn)
+
+    def stream_version(self, stream_id: str) -> int:
+        """The version of a stream: its number of events (0 when it does not exist)."""
+        with self.engine.connect() as conn:
+            return self._stream_versions(conn, [stream_id]).get(stream_id, 0)
+
+    def count_events(self, from_position: int = 1, to_position: int | None = None) -> int:
+        """How many events lie between two global positions (inclusive)."""
+        query = sa.select(sa.func.count()).select_from(_events).where(_events.c.global_position >= from_position)
+        if to_position is not None:
+            query = query.where(_events.c.global_position <= to_position)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def read_events(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None
+    ) -> list[PersistedEvent]:
+        """The events of one stream from ``from_version`` to ``to_version`` (inclusive), ascending."""
+        query = (
+            sa.select(_events)
+            .where(_events.c.stream_id == stream_id, _events.c.stream_version >= from_version)
+            .order_by(_events.c.stream_version)
+        )
+        if to_version is not None:
+            query = query.where(_events.c.stream_version <= to_version)
+        return self._fetch(query)
+
+    def read_all_events(self, from_position: int = 1, limit: int | None = None) -> list[PersistedEvent]:
+        """Events of all streams from ``from_position`` (inclusive) in global order, at most ``limit``.
+
+        A reader that tails the log with this method never skips an event that commits later.
+        """
+        query = (
+            sa.select(_events)
+            .where(_events.c.global_position >= from_position)
+            .order_by(_events.c.global_position)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        return self._fetch(query)
+
+    def read_events_by_type(
+        self,
+        event_type: str,
+        from_timestamp: datetime | None = None,
+        to_timestamp: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[PersistedEvent]:
+        """Events of one type by ``created_at``: ``from`` inclusive, ``to`` exclusive, in global order."""
+        query = sa.select(_events).where(_events.c.event_type == event_type)
+        if from_timestamp is not None:
+            query = query.where(_events.c.created_at >= from_timestamp)
+        if to_timestamp is not None:
+            query = query.where(_events.c.created_at < to_timestamp)
+        query = query.order_by(_events.c.global_position)
+        if limit is not None:
+            query = query.limit(limit)
+        return self._fetch(query)
+
+    def iter_events(self, from_position: int = 1, batch_size: int = 10_000) -> Iterator[PersistedEvent]:
+        """Every event from ``from_position`` on, fetched in batches of ``batch_size``."""
+        position = from_position
+        while True:
+            batch = self.read_all_events(position, batch_size)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            position = batch[-1].global_position + 1
+
+    def events_frame(
+        self,
+        from_position: int = 1,
+        to_position: int | None = None,
+        *,
+        raw: bool = False,
+    ) -> pl.DataFrame:
+        """The log between two positions (inclusive) as a polars DataFrame, one row per event.
+
+        Payload and metadata fields are typed columns (see :mod:`progress_lab.frames`);
+        the rows travel as Arrow columns, never as Python objects. ``raw=True`` also
+        keeps the JSON text of ``event_data`` and ``metadata``.
+        """
+        from .frames import read_events_frame
+
+        return read_events_frame(self, from_position, to_position, raw=raw)
+
+    def _fetch(self, query: sa.Select[Any]) -> list[PersistedEvent]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_to_persisted(row) for row in rows]
+
+    def _head(self, conn: sa.Connection) -> int:
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(_events.c.global_position), 0))).scalar_one())
+
+    def _stream_versions(self, conn: sa.Connection, stream_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for start in range(0, len(stream_ids), 500):
+            part = stream_ids[start : start + 500]
+            query = (
+                sa.select(_events.c.stream_id, sa.func.max(_events.c.stream_version))
+                .where(_events.c.stream_id.in_(part))
+                .group_by(_events.c.stream_id)
+            )
+            found.update({sid: int(v) for sid, v in conn.execute(query)})
+        return found
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def save_snapshot(self, snapshot: Snapshot, policy: SnapshotPolicy | None = None) -> None:
+        """Store a snapshot, keeping at most ``policy.keep`` per stream (the oldest go)."""
+        keep = (policy or self.snapshot_policy).keep
+        created_at = snapshot.created_at or self.clock()
+        with self.transaction() as conn:
+            conn.execute(
+                _snapshots.delete().where(
+                    _snapshots.c.stream_id == snapshot.stream_id, _snapshots.c.version == snapshot.version
+                )
+            )
+            conn.execute(
+                _snapshots.insert().values(
+                    stream_id=snapshot.stream_id,
+                    version=snapshot.version,
+                    state=snapshot.state,
+                    created_at=created_at,
+                )
+            )
+            stale = (
+                sa.select(_snapshots.c.version)
+                .where(_snapshots.c.stream_id == snapshot.stream_id)
+                .order_by(_snapshots.c.version.desc())
+                .offset(keep)
+            )
+            old = [v for (v,) in conn.execute(stale)]
+            if old:
+                conn.execute(
+                    _snapshots.delete().where(
+                        _snapshots.c.stream_id == snapshot.stream_id, _snapshots.c.version.in_(old)
+                    )
+                )
+
+    def get_latest_snapshot(self, stream_id: str, max_version: int | None = None) -> Snapshot | None:
+        """The snapshot with the highest version (at most ``max_version``), or ``None``."""
+        query = sa.select(_snapshots).where(_snapshots.c.stream_id == stream_id)
+        if max_version is not None:
+            query = query.where(_snapshots.c.version <= max_version)
+        query = query.order_by(_snapshots.c.version.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return Snapshot(stream_id=row.stream_id, version=row.version, state=bytes(row.state), created_at=row.created_at)
+
+    def list_snapshots(self, stream_id: str) -> list[Snapshot]:
+        """All kept snapshots of a stream, oldest first."""
+        query = sa.select(_snapshots).where(_snapshots.c.stream_id == stream_id).order_by(_snapshots.c.version)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            Snapshot(stream_id=r.stream_id, version=r.version, state=bytes(r.state), created_at=r.created_at)
+            for r in rows
+        ]
+
+
+def _to_persisted(row: Any) -> PersistedEvent:
+    try:
+        data = json.loads(row.event_data)
+        meta = json.loads(row.metadata)
+    except ValueError as exc:
+        raise SerializationError(f"event at position {row.global_position} is not valid JSON: {exc}") from None
+    try:
+        metadata = EventMetadata.model_validate(meta)
+    except Exception:  # a foreign writer's metadata: keep what can be kept
+        metadata = EventMetadata.model_construct(
+            user_id=meta.get("user_id") if isinstance(meta, dict) else None,
+            timestamp=None,
+            correlation_id=None,
+            causation_id=None,
+        )
+    return PersistedEvent.model_construct(
+        event_id=row.event_id,
+        stream_id=row.stream_id,
+        stream_version=row.stream_version,
+        global_position=row.global_position,
+        event_type=row.event_type,
+        event_data=data,
+        metadata=metadata,
+        created_at=row.created_at,
+    )
+
+
+def retrying(
+    action: Callable[[], Any], *, attempts: int = 5, first_delay: float = 0.2, log: Callable[[str], None] | None = None
+) -> Any:
+    """Run ``action``, retrying with exponential backoff while the store is unavailable."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except StoreUnavailableError as exc:
+            if attempt == attempts:
+                raise
+            if log:
+                log(f"store unavailable ({exc}); retry {attempt}/{attempts - 1} in {delay:.1f}s")
+            time.sleep(delay)
+            delay *= 2
+    return None  # unreachable
+
