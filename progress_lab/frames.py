@@ -422,3 +422,35 @@ def iter_events_frames(
             yield frame
         start = end + 1
 
+
+
+def frame_from_raw(
+    rows: list[tuple[int, str, str | None, str | None]],
+    *,
+    created_at: datetime | None = None,
+) -> pl.DataFrame:
+    """The events frame of raw ``(global_position, event_type, event_data, metadata)`` rows.
+
+    For tests and benchmarks that hold a log in memory rather than in a store; stream
+    ids and versions are placeholders.
+    """
+    n = len(rows)
+    positions = [r[0] for r in rows]
+    datas = [r[2] for r in rows]
+    metas = [r[3] for r in rows]
+    stamp = (created_at or datetime(1970, 1, 1)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    table = pa.table(
+        {
+            "global_position": pa.array(positions, type=pa.int64()),
+            "event_id": pa.array([str(p) for p in positions], type=pa.string()),
+            "stream_id": pa.array([""] * n, type=pa.string()),
+            "stream_version": pa.array(positions, type=pa.int64()),
+            "event_type": pa.array([r[1] for r in rows], type=pa.string()),
+            "created_at": pa.array([stamp] * n, type=pa.string()),
+            "event_data": pa.array(datas, type=pa.string()),
+            "metadata": pa.array(metas, type=pa.string()),
+            "data_line": pa.array([_one_line(d if d is not None else "null") + "\n" for d in datas], type=pa.string()),
+            "meta_line": pa.array([_one_line(m if m is not None else "null") + "\n" for m in metas], type=pa.string()),
+        }
+    )
+    return decode_frame(table)
