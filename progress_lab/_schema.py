@@ -82,7 +82,19 @@ projection_checkpoints = sa.Table(
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("position", sa.BigInteger, nullable=False),
     sa.Column("events_folded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("ignored", sa.BigInteger, nullable=False, server_default="0"),
+    # The FoldOptions the read models were computed with; a change needs a rebuild.
+    sa.Column("options", sa.Text, nullable=False, server_default="{}"),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+projection_rejections = sa.Table(
+    "projection_rejections",
+    metadata,
+    sa.Column("projection", sa.String(128), primary_key=True),
+    sa.Column("global_position", sa.BigInteger, primary_key=True),
+    sa.Column("event_type", sa.String(256), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
 )
 
 user_progress = sa.Table(

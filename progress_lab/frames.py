@@ -167,6 +167,10 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
     the JSON texts with line breaks removed and one ``\\n`` appended (the SQL adds them).
     """
     n = table.num_rows
+    if n == 0:
+        # An empty result carries no column types (ADBC's SQLite driver reports int64 for all).
+        empty = {**FRAME_SCHEMA, **({"event_data": pl.String(), "metadata": pl.String()} if raw else {})}
+        return pl.DataFrame(schema=empty)
     base = pl.from_arrow(table.select(["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]))
     assert isinstance(base, pl.DataFrame)
     base = base.with_columns(
@@ -385,14 +389,14 @@ def _adbc_connection(store: EventStore) -> Any:
             return None
         import adbc_driver_sqlite.dbapi as adbc_sqlite
 
-        conn = adbc_sqlite.connect(database)
+        conn = adbc_sqlite.connect(database, autocommit=True)
     elif store.dialect == "postgresql":
         try:
             import adbc_driver_postgresql.dbapi as adbc_pg
         except ImportError:
             return None
         uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = adbc_pg.connect(uri)
+        conn = adbc_pg.connect(uri, autocommit=True)
     if conn is not None:
         store._adbc = conn  # type: ignore[attr-defined]
     return conn

@@ -57,6 +57,7 @@ _COLUMNS = (
     "created_at",
 )
 _CHUNK = 10_000
+NOTIFY_CHANNEL = "progress_lab_events"
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,10 @@ class EventStore:
 
     def close(self) -> None:
         """Release the store's database connections."""
+        adbc = getattr(self, "_adbc", None)
+        if adbc is not None:
+            adbc.close()
+            self._adbc = None
         self.engine.dispose()
 
     def __enter__(self) -> EventStore:
@@ -207,19 +212,24 @@ class EventStore:
     # -- writing ---------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sa.Connection]:
-        """A write transaction holding the append lock until it commits.
+    def transaction(self, *, lock_appends: bool = True) -> Iterator[sa.Connection]:
+        """A write transaction; with ``lock_appends`` it holds the append lock until commit.
 
-        Read models and checkpoints written through this connection commit together
-        with nothing else interleaved; errors become progress_lab errors.
+        Everything written through the connection commits together or not at all
+        (read models and their checkpoint, say). A database that cannot be reached or
+        stays locked raises :class:`StoreUnavailableError`.
         """
         try:
             with self._write_engine.begin() as conn:
-                if self.dialect == "postgresql":
+                if lock_appends and self.dialect == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
                 yield conn
         except OperationalError as exc:
             raise StoreUnavailableError(f"{self.url}: {_reason(exc)}") from None
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailableError(f"{self.url}: {_reason(exc)}") from None
+            raise
 
     def append_events(
         self,
@@ -336,6 +346,9 @@ class EventStore:
             self._insert_rows(conn, rows)
         except IntegrityError as exc:
             raise self._integrity_error(conn, exc, records) from None
+        if self.dialect == "postgresql":
+            # Delivered at commit: followers wake up instead of polling.
+            conn.execute(sa.text("SELECT pg_notify(:channel, :head)"), {"channel": NOTIFY_CHANNEL, "head": str(position)})
         if not collect:
             return []
         return [
@@ -355,11 +368,20 @@ class EventStore:
     def _insert_rows(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
         if self.dialect == "postgresql":
             # COPY is the bulk path: one round trip per buffer, not per row.
+            import psycopg
+
             driver_conn = conn.connection.driver_connection
-            with driver_conn.cursor() as cursor:  # type: ignore[union-attr]
-                with cursor.copy(f"COPY event_store ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
+            statement = f"COPY event_store ({', '.join(_COLUMNS)}) FROM STDIN"
+            try:
+                with driver_conn.cursor() as cursor:  # type: ignore[union-attr]
+                    with cursor.copy(statement) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+            # COPY bypasses SQLAlchemy, so wrap the driver's errors the way SQLAlchemy would.
+            except psycopg.IntegrityError as exc:
+                raise IntegrityError(statement, None, exc) from None
+            except psycopg.OperationalError as exc:
+                raise OperationalError(statement, None, exc) from None
         else:
             placeholders = ", ".join("?" for _ in _COLUMNS)
             conn.exec_driver_sql(

@@ -1,0 +1,337 @@
+"""ProjectionManager: keeps the SQL read models caught up with the log, batch by batch."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+from tqdm.auto import tqdm
+
+from ._schema import projection_rejections as _rejections
+from ._schema import snapshots as _snapshots
+from .checkpoints import CheckpointStore
+from .errors import CheckpointError, ConsistencyError, StoreUnavailableError
+from .events import Snapshot
+from .projections import FoldOptions, ProjectionState, fold
+from .read_models import DailyStatsRepository, UserProgressRepository
+from .store import NOTIFY_CHANNEL, EventStore, SnapshotPolicy
+
+__all__ = ["ProjectionManager", "RunReport"]
+
+log = logging.getLogger("progress_lab")
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one catch-up did: the positions covered, events folded, rejections by reason."""
+
+    projection: str
+    from_position: int
+    to_position: int
+    events_folded: int = 0
+    batches: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0
+    snapshots: int = 0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        rejected = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
+        return (
+            f"{self.projection}: folded {self.events_folded} events "
+            f"(positions {self.from_position}..{self.to_position}) in {self.batches} batches; "
+            f"rejected: {rejected}; ignored: {self.ignored}"
+        )
+
+
+class ProjectionManager:
+    """Folds the log into ``UserProgress`` and ``DailyStats`` and keeps them in SQL.
+
+    Each batch writes the changed read-model rows, the batch's rejections and the new
+    checkpoint in one transaction, so a projector killed at any instant resumes from a
+    consistent point. The fold state is kept in memory and, under the
+    ``SnapshotPolicy``, saved as a snapshot so that a restart folds only the tail.
+
+    Parameters
+    ----------
+    store
+        The event store; the read models live in the same database.
+    options
+        Study-day clock and mastery cut-offs.
+    batch_size
+        Positions per batch (each batch is one transaction).
+    snapshot_policy
+        When to snapshot the fold state; defaults to the store's policy.
+    progress
+        Show a progress bar: ``None`` (default) shows one only on a terminal.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        name: str = "progress",
+        options: FoldOptions | None = None,
+        batch_size: int = 250_000,
+        snapshot_policy: SnapshotPolicy | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.store = store
+        self.name = name
+        self.options = options or FoldOptions()
+        self.batch_size = batch_size
+        self.snapshot_policy = snapshot_policy or store.snapshot_policy
+        self.progress = progress
+        self.checkpoints = CheckpointStore(store.engine)
+        self.user_progress_repository = UserProgressRepository(store.engine)
+        self.daily_stats_repository = DailyStatsRepository(store.engine)
+        self.last_error: str | None = None
+        self._state: ProjectionState | None = None
+        self._last_snapshot = 0
+        self._stop = threading.Event()
+
+    @property
+    def snapshot_stream(self) -> str:
+        """The stream id under which this projection's state snapshots are kept."""
+        return f"$projection-{self.name}"
+
+    @property
+    def state(self) -> ProjectionState:
+        """The fold state at the checkpoint (loaded from snapshot + tail on first use)."""
+        if self._state is None:
+            self._state = self._load()
+        return self._state
+
+    def _options_dict(self) -> dict[str, object]:
+        return asdict(self.options)
+
+    def _load(self) -> ProjectionState:
+        checkpoint = self.checkpoints.get(self.name)
+        if checkpoint.options is not None and checkpoint.options != self._options_dict():
+            raise ConsistencyError(
+                f"the read models of {self.name!r} were computed with {checkpoint.options}; "
+                f"rebuild them to use {self._options_dict()} (progress-lab replay --rebuild)"
+            )
+        snapshot = self.store.get_latest_snapshot(self.snapshot_stream, max_version=checkpoint.position)
+        state = (
+            ProjectionState.from_bytes(snapshot.state, self.options)
+            if snapshot is not None
+            else ProjectionState(options=self.options)
+        )
+        self._last_snapshot = state.position
+        # Refold what lies between the snapshot and the checkpoint, writing nothing:
+        # the read models already hold it.
+        return self._fold_range(state, checkpoint.position, write=False).state
+
+    # -- catching up ---------------------------------------------------------------------
+
+    def run_once(self, *, until: int | None = None) -> RunReport:
+        """Catch up from the checkpoint to the head of the log (or ``until``); return what was done."""
+        state = self.state
+        head = self.store.head_position() if until is None else until
+        result = self._fold_range(state, head, write=True)
+        return result.report
+
+    def rebuild(self) -> RunReport:
+        """Drop the read models, checkpoint and snapshots of this projection, then replay from position 1."""
+        with self.store.transaction(lock_appends=False) as conn:
+            self.user_progress_repository.clear(conn)
+            self.daily_stats_repository.clear(conn)
+            conn.execute(_rejections.delete().where(_rejections.c.projection == self.name))
+            conn.execute(_snapshots.delete().where(_snapshots.c.stream_id == self.snapshot_stream))
+            self.checkpoints.reset(conn, self.name)
+        self._state = ProjectionState(options=self.options)
+        self._last_snapshot = 0
+        return self.run_once()
+
+    def _fold_range(self, state: ProjectionState, head: int, *, write: bool) -> _FoldResult:
+        start = state.position
+        started = time.perf_counter()
+        before_rejected = state.rejected.height
+        before_folded, before_ignored = state.events_folded, state.ignored
+        batches = snapshots = 0
+        bar = tqdm(
+            total=max(head - start, 0),
+            unit="ev",
+            unit_scale=True,
+            desc=f"{self.name}" if write else f"{self.name} (restoring)",
+            disable=True if self.progress is False else (None if self.progress is None else False),
+            leave=False,
+        )
+        try:
+            while state.position < head:
+                end = min(state.position + self.batch_size, head)
+                frame = self.store.events_frame(state.position + 1, end)
+                new = fold(frame, state) if frame.height else state
+                new = replace(new, position=end)  # positions may have holes; the range is done
+                if write:
+                    self._commit(state, new)
+                    if self.snapshot_policy.is_due(self._last_snapshot, new.position):
+                        self.store.save_snapshot(
+                            Snapshot(stream_id=self.snapshot_stream, version=new.position, state=new.to_bytes()),
+                            self.snapshot_policy,
+                        )
+                        self._last_snapshot = new.position
+                        snapshots += 1
+                    self._state = new
+                bar.update(end - state.position)
+                state = new
+                batches += 1
+        finally:
+            bar.close()
+        new_rejections = state.rejected.slice(before_rejected) if write else state.rejected.clear()
+        by_reason = new_rejections.group_by("reason").len()
+        report = RunReport(
+            projection=self.name,
+            from_position=start + 1,
+            to_position=state.position,
+            events_folded=state.events_folded - before_folded,
+            batches=batches,
+            rejected=dict(zip(by_reason["reason"].to_list(), by_reason["len"].to_list())),
+            ignored=state.ignored - before_ignored,
+            snapshots=snapshots,
+            seconds=time.perf_counter() - started,
+        )
+        return _FoldResult(state, report)
+
+    def _commit(self, old: ProjectionState, new: ProjectionState) -> None:
+        # A new default as_of changes every user's streak, not only the users of the batch.
+        users = None if new.default_as_of() != old.default_as_of() else new.changed_users
+        rejections = new.rejected.slice(old.rejected.height)
+        with self.store.transaction(lock_appends=False) as conn:
+            self.checkpoints.advance(
+                conn,
+                self.name,
+                expected=old.position,
+                position=new.position,
+                events_folded=new.events_folded,
+                ignored=new.ignored,
+                options=self._options_dict(),
+                now=self.store.clock(),
+            )
+            self.user_progress_repository.update_progress(new.user_progress(users=users), conn)
+            self.daily_stats_repository.update_daily_stats(new.daily_stats(keys=new.changed_days), conn)
+            if rejections.height:
+                conn.execute(
+                    _rejections.insert(),
+                    [{"projection": self.name, **row} for row in rejections.to_dicts()],
+                )
+
+    # -- following -------------------------------------------------------------------------
+
+    def run_forever(
+        self,
+        *,
+        poll_interval: float = 0.5,
+        max_backoff: float = 30.0,
+        stop: threading.Event | None = None,
+        on_report: Callable[[RunReport], None] | None = None,
+    ) -> None:
+        """Keep folding new events until :meth:`stop` (or ``stop.set()``).
+
+        Waits for PostgreSQL notifications where available and polls otherwise. When the
+        database goes away it logs the outage, retries with exponential backoff, and on
+        return reloads its state from the checkpoint, so nothing is lost or counted twice.
+        """
+        stop_event = stop or self._stop
+        listener = _Listener(self.store) if self.store.dialect == "postgresql" else None
+        backoff = poll_interval
+        try:
+            while not stop_event.is_set():
+                try:
+                    report = self.run_once()
+                except (StoreUnavailableError, CheckpointError, sa.exc.OperationalError) as exc:
+                    self.last_error = str(exc)
+                    log.warning("projection %s: %s; retrying in %.1f s", self.name, exc, backoff)
+                    self._state = None  # the database is the truth: reload from the checkpoint
+                    stop_event.wait(backoff)
+                    backoff = min(backoff * 2, max_backoff)
+                    continue
+                if self.last_error is not None:
+                    log.warning("projection %s: store is back; resumed at %d", self.name, report.to_position)
+                    self.last_error = None
+                backoff = poll_interval
+                if on_report is not None and report.batches:
+                    on_report(report)
+                if listener is not None:
+                    listener.wait(poll_interval, stop_event)
+                else:
+                    stop_event.wait(poll_interval)
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run_forever` to return after its current batch."""
+        self._stop.set()
+
+    # -- reading the results -------------------------------------------------------------
+
+    def user_progress(self, as_of: Any = None) -> pl.DataFrame:
+        """``UserProgress`` from the in-memory state (see :meth:`ProjectionState.user_progress`)."""
+        return self.state.user_progress(as_of)
+
+    def daily_stats(self) -> pl.DataFrame:
+        """``DailyStats`` from the in-memory state."""
+        return self.state.daily_stats()
+
+    def rejections(self) -> pl.DataFrame:
+        """The rejected events as stored with the read models, in global order."""
+        query = (
+            sa.select(_rejections.c.global_position, _rejections.c.event_type, _rejections.c.reason)
+            .where(_rejections.c.projection == self.name)
+            .order_by(_rejections.c.global_position)
+        )
+        with self.store.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        return pl.DataFrame(
+            rows, schema={"global_position": pl.Int64, "event_type": pl.String, "reason": pl.String}, orient="row"
+        )
+
+
+@dataclass(frozen=True)
+class _FoldResult:
+    state: ProjectionState
+    report: RunReport
+
+
+class _Listener:
+    """LISTEN on the store's notification channel; falls back to sleeping when it cannot."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.conn: Any = None
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        url = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return conn
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = self._connect()
+            for _ in self.conn.notifies(timeout=timeout, stop_after=1):
+                pass
+        except Exception:  # the server is away: the outage surfaces in run_once
+            self.close()
+            stop.wait(timeout)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
