@@ -23,11 +23,37 @@ from .events import (
     Snapshot,
     UserCreated,
 )
+from .checkpoints import Checkpoint, CheckpointStore
+from .monitor import LagReport, LagStatus, ProjectionMonitor
+from .projections import FoldOptions, ProjectionState, fold
+from .projector import ProjectionManager, RunReport
+from .read_models import (
+    DAILY_STATS_SCHEMA,
+    USER_PROGRESS_SCHEMA,
+    DailyStatsRepository,
+    UserProgressRepository,
+)
+from .reference import ReferenceFold
 from .store import EventStore, NewRecord, SnapshotPolicy, connect
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointStore",
+    "DAILY_STATS_SCHEMA",
+    "DailyStatsRepository",
+    "FoldOptions",
+    "LagReport",
+    "LagStatus",
+    "ProjectionManager",
+    "ProjectionMonitor",
+    "ProjectionState",
+    "ReferenceFold",
+    "RunReport",
+    "USER_PROGRESS_SCHEMA",
+    "UserProgressRepository",
+    "fold",
     "CheckpointError",
     "ConcurrencyError",
     "ConsistencyError",
