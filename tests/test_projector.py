@@ -1,0 +1,231 @@
+"""ProjectionManager and ProjectionMonitor against real databases: catch-up, crashes, lag."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+from polars.testing import assert_frame_equal
+
+import progress_lab as plab
+from progress_lab.generator import generate_events
+from progress_lab.store import NewRecord
+
+SOAK = os.environ.get("PROGRESS_LAB_SOAK") == "1"
+
+
+def load_generated(store: plab.EventStore, users: int, days: int, seed: int) -> int:
+    """Append a generated log to the store, in its own order."""
+    records = (
+        NewRecord(
+            e["stream_id"],
+            e["event_type"],
+            e["event_data"],
+            plab.EventMetadata.model_validate(e["metadata"]),
+            e["event_id"],
+            datetime.fromisoformat(e["created_at"].replace("Z", "+00:00")),
+        )
+        for e in generate_events(users=users, days=days, seed=seed)
+    )
+    return store.append_records(records)
+
+
+def raw_log(store: plab.EventStore) -> list[tuple[int, str, str, str]]:
+    """The log as the reference fold reads it: positions, types and JSON texts."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT global_position, event_type, event_data, metadata FROM event_store ORDER BY global_position")
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def assert_read_models_equal_reference(store: plab.EventStore, options: plab.FoldOptions | None = None) -> None:
+    reference = plab.ReferenceFold(options).fold(raw_log(store))
+    manager = plab.ProjectionManager(store, options=options, progress=False)
+    assert_frame_equal(manager.user_progress_repository.all(), reference.user_progress())
+    assert_frame_equal(manager.daily_stats_repository.all(), reference.daily_stats())
+    assert_frame_equal(manager.rejections(), reference.rejections())
+    checkpoint = manager.checkpoints.get("progress")
+    assert checkpoint.position == store.head_position()
+    assert checkpoint.events_folded == reference.events_folded
+    assert checkpoint.ignored == reference.ignored
+
+
+def test_incremental_catch_up_equals_reference(db_url: str) -> None:
+    store = plab.connect(db_url)
+    load_generated(store, users=12, days=20, seed=3)
+    manager = plab.ProjectionManager(store, batch_size=700, progress=False)
+    first = manager.run_once()
+    assert first.events_folded == store.head_position() and first.batches > 1
+    load_generated_tail = list(generate_events(users=3, days=5, seed=99))
+    store.append_records(
+        NewRecord(e["stream_id"], e["event_type"], e["event_data"], plab.EventMetadata.model_validate(e["metadata"]))
+        for e in load_generated_tail
+    )
+    second = manager.run_once()
+    assert second.from_position == first.to_position + 1
+    assert second.events_folded == len(load_generated_tail)
+    assert manager.run_once().events_folded == 0
+    assert_read_models_equal_reference(store)
+    # The in-memory state and the SQL read models agree too.
+    assert_frame_equal(manager.user_progress(), manager.user_progress_repository.all())
+
+
+def test_repositories_answer_point_and_range_queries(db_url: str) -> None:
+    store = plab.connect(db_url)
+    load_generated(store, users=5, days=15, seed=11)
+    manager = plab.ProjectionManager(store, progress=False)
+    manager.run_once()
+    daily = manager.daily_stats()
+    row = daily.row(0, named=True)
+    assert manager.daily_stats_repository.get_daily_stats(row["user_id"], row["date"]) == row
+    user_days = daily.filter(pl.col("user_id") == row["user_id"])
+    start, end = user_days["date"][1], user_days["date"][-2]
+    expected = user_days.filter(pl.col("date").is_between(start, end))
+    assert_frame_equal(manager.daily_stats_repository.get_stats_range(row["user_id"], start, end), expected)
+    progress = manager.user_progress()
+    first = progress.row(0, named=True)
+    assert manager.user_progress_repository.get_current_progress(first["user_id"]) == first
+    assert manager.user_progress_repository.get_current_progress("nobody") is None
+    assert manager.daily_stats_repository.get_daily_stats("nobody", row["date"]) is None
+
+
+def test_rebuild_recomputes_from_position_one(db_url: str) -> None:
+    store = plab.connect(db_url)
+    load_generated(store, users=6, days=10, seed=5)
+    manager = plab.ProjectionManager(store, batch_size=500, progress=False)
+    manager.run_once()
+    with store.engine.begin() as conn:  # vandalise the read model
+        conn.execute(sa.text("UPDATE user_progress SET total_sessions_completed = 999"))
+    report = manager.rebuild()
+    assert report.from_position == 1 and report.to_position == store.head_position()
+    assert_read_models_equal_reference(store)
+
+
+def test_restart_restores_snapshot_and_folds_only_the_tail(db_url: str) -> None:
+    store = plab.connect(db_url)
+    load_generated(store, users=6, days=12, seed=8)
+    policy = plab.SnapshotPolicy(every=400, keep=2)
+    manager = plab.ProjectionManager(store, batch_size=300, snapshot_policy=policy, progress=False)
+    manager.run_once()
+    snapshots = store.list_snapshots(manager.snapshot_stream)
+    assert 1 <= len(snapshots) <= 2
+    restarted = plab.ProjectionManager(store, batch_size=300, snapshot_policy=policy, progress=False)
+    assert restarted.state.position == store.head_position()
+    assert_frame_equal(restarted.user_progress(), manager.user_progress())
+    assert_frame_equal(restarted.daily_stats(), manager.daily_stats())
+
+
+def test_changed_options_need_a_rebuild(db_url: str) -> None:
+    store = plab.connect(db_url)
+    load_generated(store, users=3, days=5, seed=1)
+    plab.ProjectionManager(store, progress=False).run_once()
+    other = plab.ProjectionManager(store, options=plab.FoldOptions(day_start_hour=4), progress=False)
+    with pytest.raises(plab.ConsistencyError, match="rebuild"):
+        other.run_once()
+    other.rebuild()
+    assert_read_models_equal_reference(store, plab.FoldOptions(day_start_hour=4))
+
+
+_CHILD = """
+import sys
+import progress_lab as plab
+store = plab.connect(sys.argv[1])
+plab.ProjectionManager(
+    store, batch_size=int(sys.argv[2]), snapshot_policy=plab.SnapshotPolicy(every=900, keep=2), progress=False
+).run_once()
+"""
+
+
+def test_projector_killed_with_sigkill_resumes_to_the_full_fold(db_url: str, tmp_path: Path) -> None:
+    store = plab.connect(db_url)
+    load_generated(store, users=15, days=30, seed=21)
+    head = store.head_position()
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    rng = random.Random(2024)
+    kills_mid_run = 0
+    for _ in range(8 if SOAK else 3):
+        child = subprocess.Popen([sys.executable, str(script), db_url, "150"], stderr=subprocess.PIPE)
+        checkpoints = plab.CheckpointStore(store.engine)
+        before = checkpoints.get("progress").position
+        deadline = time.monotonic() + 60
+        # Wait until the child has committed at least one batch, then a seeded extra delay.
+        while checkpoints.get("progress").position == before and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        stderr = child.stderr.read().decode() if child.stderr else ""
+        assert child.returncode in (-signal.SIGKILL, 0), stderr
+        position = checkpoints.get("progress").position
+        if child.returncode == -signal.SIGKILL and position < head:
+            kills_mid_run += 1
+        assert position >= before  # never backwards
+    assert kills_mid_run >= 1
+    report = plab.ProjectionManager(store, batch_size=150, progress=False).run_once()
+    assert report.to_position == head
+    assert_read_models_equal_reference(store)
+
+
+def test_run_forever_follows_new_events(db_url: str) -> None:
+    store = plab.connect(db_url)
+    load_generated(store, users=4, days=6, seed=2)
+    manager = plab.ProjectionManager(store, batch_size=1000, progress=False)
+    follower = threading.Thread(target=manager.run_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    follower.start()
+    try:
+        events = list(generate_events(users=2, days=3, seed=77))
+        for start in range(0, len(events), 40):
+            store.append_records(
+                NewRecord(e["stream_id"], e["event_type"], e["event_data"], plab.EventMetadata.model_validate(e["metadata"]))
+                for e in events[start : start + 40]
+            )
+        deadline = time.monotonic() + 60
+        while manager.checkpoints.get("progress").position < store.head_position() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        manager.stop()
+        follower.join(timeout=30)
+    assert not follower.is_alive()
+    assert_read_models_equal_reference(store)
+
+
+def test_monitor_reads_critical_when_stopped_and_normal_when_idle(db_url: str) -> None:
+    now = [datetime(2026, 3, 1, 12, 0, tzinfo=UTC)]
+    store = plab.connect(db_url, clock=lambda: now[0])
+    monitor = plab.ProjectionMonitor(store, critical_age=timedelta(seconds=60))
+    meta = plab.EventMetadata(user_id="u1", timestamp=now[0])
+    store.append_events("user-u1", [(plab.UserCreated(user_id="u1"), meta)])
+    manager = plab.ProjectionManager(store, progress=False)
+    manager.run_once()
+    now[0] += timedelta(hours=5)  # idle for hours with nothing to do
+    idle = monitor.sample()
+    assert (idle.status, idle.events_behind, idle.oldest_unprocessed_age) == (plab.LagStatus.Normal, 0, None)
+    store.append_events("user-u2", [(plab.UserCreated(user_id="u2"), meta)] * 1)
+    now[0] += timedelta(seconds=30)
+    young = monitor.sample()
+    assert (young.status, young.events_behind) == (plab.LagStatus.Normal, 1)
+    assert young.oldest_unprocessed_age == timedelta(seconds=30)
+    store.append_events("user-u3", [(plab.UserCreated(user_id="u3"), meta)])
+    now[0] += timedelta(seconds=45)  # the projector is stopped; events keep arriving
+    stale = monitor.sample()
+    assert (stale.status, stale.events_behind) == (plab.LagStatus.Critical, 2)
+    assert stale.oldest_unprocessed_age == timedelta(seconds=75)
+    manager.run_once()
+    recovered = monitor.sample()
+    assert (recovered.status, recovered.events_behind) == (plab.LagStatus.Normal, 0)
+    history = monitor.history()
+    assert history["status"].to_list() == ["Normal", "Normal", "Critical", "Normal"]
+    assert history["events_behind"].to_list() == [0, 1, 2, 0]
+    assert str(stale).endswith("Critical")
