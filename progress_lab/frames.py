@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.json as pajson
 import sqlalchemy as sa
 
 from .events import KNOWN_EVENT_TYPES
@@ -76,8 +77,6 @@ _FLOAT_RANGE = {"new_interval": (0.0, 1_000_000.0), "easiness_factor": (0.0, 100
 _ID_FIELDS = ("user_id", "session_id", "item_id")
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 _TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
-# What polars makes of a non-string JSON value decoded into a string column.
-_COERCED = r"^(?:-?[0-9].*|true|false|[\[{].*)$"
 
 
 def check_raw_event(event_type: str, event_data: str | None, metadata: str | None) -> str | None:
@@ -135,29 +134,47 @@ def _is_identifier(value: Any) -> bool:
     return True
 
 
-def _ndjson(column: pa.ChunkedArray | pa.Array) -> bytes:
+def _ndjson(column: pa.ChunkedArray | pa.Array) -> pa.Buffer:
     # Rows arrive as Arrow strings that already end in "\n": their value buffer *is*
     # an NDJSON document, so no Python object is made per event.
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     array = array.cast(pa.large_string())
-    if len(array) == 0:
-        return b""
     offsets = array.buffers()[1]
     start, end = (
         int.from_bytes(offsets[(array.offset + i) * 8 : (array.offset + i + 1) * 8], "little", signed=True)
         for i in (0, len(array))
     )
-    return array.buffers()[2][start:end].to_pybytes()
+    return array.buffers()[2][start:end]
 
 
-def _decode_json(lines: pa.ChunkedArray | pa.Array, schema: dict[str, pl.DataType], n: int) -> pl.DataFrame | None:
+def _arrow_schema(fields: dict[str, pl.DataType]) -> pa.Schema:
+    kinds = {pl.String(): pa.string(), pl.Int64(): pa.int64(), pl.Float64(): pa.float64()}
+    return pa.schema([(name, kinds[dtype]) for name, dtype in fields.items()])
+
+
+_PAYLOAD_ARROW = _arrow_schema({"type": pl.String(), **PAYLOAD_FIELDS})
+_META_ARROW = _arrow_schema(_META_FIELDS)
+
+
+def _decode_json(lines: pa.ChunkedArray | pa.Array, schema: pa.Schema, n: int) -> pl.DataFrame | None:
+    """Decode NDJSON with a fixed schema, or ``None`` when any row breaks it.
+
+    pyarrow's reader is strict about JSON types (a number where a string is expected
+    is an error, unlike polars, which would quietly make it text), so a batch that
+    decodes here needs no further type check.
+    """
     if n == 0:
-        return pl.DataFrame(schema=schema)
+        return pl.DataFrame(schema={f.name: pl.from_arrow(pa.array([], f.type)).dtype for f in schema})  # type: ignore[union-attr]
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
-        decoded = pl.read_ndjson(io.BytesIO(_ndjson(lines)), schema=schema)
-    except Exception:  # a row that is not a JSON object of the schema's types
+        table = pajson.read_json(pa.BufferReader(_ndjson(lines)), parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    return decoded if decoded.height == n else None
+    if table.num_rows != n:
+        return None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
@@ -178,13 +195,11 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
         pl.col("stream_version").cast(pl.Int64),
         _as_utc(pl.col("created_at"), base.schema["created_at"]),
     )
-    payload = _decode_json(table.column("data_line"), {"type": pl.String(), **PAYLOAD_FIELDS}, n)
-    meta = _decode_json(table.column("meta_line"), _META_FIELDS, n)
+    payload = _decode_json(table.column("data_line"), _PAYLOAD_ARROW, n)
+    meta = _decode_json(table.column("meta_line"), _META_ARROW, n)
     python_reasons = pl.Series("python_reason", [None] * n, dtype=pl.String)
-    python_checked = pl.Series("python_checked", [False] * n, dtype=pl.Boolean)
     if payload is None or meta is None:
         payload, meta, python_reasons = _decode_row_by_row(table)
-        python_checked = pl.Series("python_checked", [True] * n, dtype=pl.Boolean)
     frame = pl.concat(
         [
             base,
@@ -195,36 +210,11 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
                 "causation_id",
             ),
             payload.rename({"type": "data_type"}),
-            python_checked.to_frame(),
             python_reasons.to_frame(),
         ],
         how="horizontal",
     )
     frame = _validate(frame).with_columns(pl.coalesce("python_reason", "malformed").alias("malformed")).drop("python_reason")
-    # Values polars may have coerced from another JSON type get the strict Python check.
-    suspects = frame.filter(~pl.col("python_checked") & pl.col("malformed").is_null() & _suspect_expr())
-    if suspects.height:
-        positions = set(suspects["global_position"].to_list())
-        raws = pl.from_arrow(table.select(["global_position", "event_type", "event_data", "metadata"]))
-        assert isinstance(raws, pl.DataFrame)
-        reasons = {
-            row["global_position"]: check_raw_event(row["event_type"], row["event_data"], row["metadata"])
-            for row in raws.filter(pl.col("global_position").cast(pl.Int64).is_in(list(positions))).iter_rows(named=True)
-        }
-        fixes = pl.DataFrame(
-            {"global_position": list(reasons), "python_reason": list(reasons.values())},
-            schema={"global_position": pl.Int64, "python_reason": pl.String},
-        )
-        frame = (
-            frame.join(fixes, on="global_position", how="left")
-            .with_columns(
-                pl.when(pl.col("global_position").is_in(list(positions)))
-                .then(pl.col("python_reason"))
-                .otherwise(pl.col("malformed"))
-                .alias("malformed")
-            )
-            .drop("python_reason")
-        )
     columns = list(FRAME_SCHEMA)
     if raw:
         frame = frame.with_columns(
@@ -243,13 +233,8 @@ def _as_utc(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return expr.dt.cast_time_unit("us").dt.convert_time_zone("UTC")
 
 
-def _suspect_expr() -> pl.Expr:
-    known = pl.col("event_type").is_in(KNOWN_EVENT_TYPES)
-    suspect = pl.lit(False)
-    for name in ("user_id", "session_id", "item_id", "metadata_user_id", "data_type"):
-        value = pl.col(name)
-        suspect = suspect | (value.str.contains(_COERCED) | value.str.contains("\x00", literal=True)).fill_null(False)
-    return known & suspect
+def _identifier(value: pl.Expr) -> pl.Expr:
+    return value.str.len_chars().is_between(1, 256) & ~value.str.contains("\x00", literal=True)
 
 
 def _validate(frame: pl.DataFrame) -> pl.DataFrame:
@@ -267,7 +252,7 @@ def _validate(frame: pl.DataFrame) -> pl.DataFrame:
         for name in fields:
             value = pl.col(name)
             if name in _ID_FIELDS:
-                bad = value.is_null() | ~value.str.len_chars().is_between(1, 256)
+                bad = value.is_null() | ~_identifier(value)
                 text = f"event_data.{name}: missing or not an identifier"
             elif name in _INT_RANGE:
                 low, high = _INT_RANGE[name]
@@ -284,7 +269,7 @@ def _validate(frame: pl.DataFrame) -> pl.DataFrame:
         (known & (pl.col("data_type") != pl.col("event_type")).fill_null(True), "event_data.type differs from event_type"),
         *checks,
         (
-            known & pl.col("metadata_user_id").is_not_null() & ~pl.col("metadata_user_id").str.len_chars().is_between(1, 256),
+            known & pl.col("metadata_user_id").is_not_null() & ~_identifier(pl.col("metadata_user_id")),
             "metadata.user_id: not an identifier",
         ),
         (known & pl.col("timestamp").is_null(), "metadata.timestamp: missing or not canonical UTC"),
@@ -298,43 +283,61 @@ def _validate(frame: pl.DataFrame) -> pl.DataFrame:
 def _decode_row_by_row(table: pa.Table) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
     """The slow path for a batch with rows that are not JSON objects of the right types.
 
-    Rows the strict Python check rejects are decoded as empty objects (and so come out
-    malformed); the others are decoded by polars as usual.
+    Each row gets the strict Python check that the reference fold uses; the columns
+    are built from the Python values, keeping a value only where its JSON type fits.
     """
     types = table.column("event_type").to_pylist()
     datas = table.column("event_data").to_pylist()
     metas = table.column("metadata").to_pylist()
-    data_lines: list[str] = []
-    meta_lines: list[str] = []
+    payloads: list[dict[str, Any]] = []
+    meta_rows: list[dict[str, Any]] = []
     reasons: list[str | None] = []
     for event_type, data, meta in zip(types, datas, metas):
         reason = check_raw_event(event_type, data, meta) if event_type in KNOWN_EVENT_TYPES else None
         reasons.append(reason)
-        if event_type in KNOWN_EVENT_TYPES and reason is None:
-            data_lines.append(_one_line(data))
-            meta_lines.append(_one_line(meta))
-        else:
-            data_lines.append("{}")
-            meta_lines.append(_safe_meta(meta))
-    payload = pl.read_ndjson(io.BytesIO("\n".join(data_lines).encode() + b"\n"), schema={"type": pl.String(), **PAYLOAD_FIELDS})
-    meta_frame = pl.read_ndjson(io.BytesIO("\n".join(meta_lines).encode() + b"\n"), schema=_META_FIELDS)
-    return payload, meta_frame, pl.Series("python_reason", reasons, dtype=pl.String)
+        payload = _loads_object(data) if reason is None else {}
+        payloads.append({name: _typed(payload.get(name), dtype) for name, dtype in _PAYLOAD_WITH_TYPE.items()})
+        meta_obj = _loads_object(meta)
+        meta_rows.append({name: _typed(meta_obj.get(name), dtype) for name, dtype in _META_FIELDS.items()})
+    return (
+        pl.DataFrame(payloads, schema=_PAYLOAD_WITH_TYPE, orient="row"),
+        pl.DataFrame(meta_rows, schema=_META_FIELDS, orient="row"),
+        pl.Series("python_reason", reasons, dtype=pl.String),
+    )
+
+
+_PAYLOAD_WITH_TYPE: dict[str, pl.DataType] = {"type": pl.String(), **PAYLOAD_FIELDS}
+
+
+def _loads_object(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _typed(value: Any, dtype: pl.DataType) -> Any:
+    """The value if its JSON type fits the column (as pyarrow would accept it), else None."""
+    if dtype == pl.String():
+        return value if isinstance(value, str) and _utf8(value) else None
+    if dtype == pl.Int64():
+        return value if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63 else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else None
+    return None
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _one_line(text: str) -> str:
     return text.replace("\n", " ").replace("\r", " ")
-
-
-def _safe_meta(meta: str | None) -> str:
-    # Keep what metadata of an unknown or broken event can be decoded, for the frame's sake.
-    try:
-        value = json.loads(meta) if meta is not None else None
-    except ValueError:
-        return "{}"
-    if not isinstance(value, dict):
-        return "{}"
-    kept = {k: value[k] for k in _META_FIELDS if isinstance(value.get(k), str) and _is_identifier(value[k])}
-    return json.dumps(kept)
 
 
 def _select_sql(store: EventStore) -> str:
