@@ -61,6 +61,22 @@ event_store = sa.Table(
     sa.Column("event_data", sa.Text, nullable=False),
     sa.Column("metadata", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # A typed copy of the fields the statistics read, written by progress_lab in the same
+    # insert, so a replay reads narrow columns instead of parsing JSON. ``typed`` is NULL
+    # on rows other tools wrote; those are decoded from the JSON text instead.
+    sa.Column("typed", sa.SmallInteger, nullable=True),
+    sa.Column("occurred_at_us", sa.BigInteger, nullable=True),
+    sa.Column("metadata_user_id", sa.Text, nullable=True),
+    sa.Column("correlation_id", sa.Text, nullable=True),
+    sa.Column("causation_id", sa.Text, nullable=True),
+    sa.Column("user_id", sa.Text, nullable=True),
+    sa.Column("session_id", sa.Text, nullable=True),
+    sa.Column("item_id", sa.Text, nullable=True),
+    sa.Column("item_count", sa.BigInteger, nullable=True),
+    sa.Column("duration_seconds", sa.BigInteger, nullable=True),
+    sa.Column("quality", sa.BigInteger, nullable=True),
+    sa.Column("new_interval", sa.Float(precision=53), nullable=True),
+    sa.Column("easiness_factor", sa.Float(precision=53), nullable=True),
     # The unique (stream, version) index is also the per-stream read index.
     sa.UniqueConstraint("stream_id", "stream_version", name="uq_event_store_stream_version"),
     sa.Index("ix_event_store_event_id", "event_id", unique=True),

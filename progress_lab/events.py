@@ -111,6 +111,40 @@ _DOMAIN_ADAPTER: TypeAdapter[DomainEvent] = TypeAdapter(
 )
 
 
+# The payload fields the statistics read, per event type (the fold's columns).
+FOLD_FIELDS: tuple[str, ...] = (
+    "user_id",
+    "session_id",
+    "item_id",
+    "item_count",
+    "duration_seconds",
+    "quality",
+    "new_interval",
+    "easiness_factor",
+)
+FIELDS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "UserCreated": ("user_id",),
+    "SessionStarted": ("session_id", "user_id", "item_count"),
+    "CorrectAnswerGiven": ("session_id", "item_id"),
+    "SessionCompleted": ("session_id", "duration_seconds"),
+    "ReviewProcessed": ("user_id", "item_id", "quality", "new_interval", "easiness_factor"),
+}
+_FLOAT_FIELDS = ("new_interval", "easiness_factor")
+
+
+def fold_fields(event_type: str, data: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The typed copy of a validated event's fold fields, in :data:`FOLD_FIELDS` order.
+
+    Fields that do not belong to the event's type are ``None``; so is everything of an
+    unknown type.
+    """
+    own = FIELDS_BY_TYPE.get(event_type, ())
+    return tuple(
+        (float(data[name]) if name in _FLOAT_FIELDS else data[name]) if name in own else None
+        for name in FOLD_FIELDS
+    )
+
+
 def format_timestamp(value: datetime) -> str:
     """Format an aware datetime as the store's canonical UTC text, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

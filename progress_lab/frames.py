@@ -12,20 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 import sqlalchemy as sa
 
-from .events import KNOWN_EVENT_TYPES
+from .events import FIELDS_BY_TYPE, KNOWN_EVENT_TYPES
 
 if TYPE_CHECKING:
     from .store import EventStore
 
 __all__ = [
     "FRAME_SCHEMA",
+    "FOLD_SCHEMA",
     "PAYLOAD_FIELDS",
     "read_events_frame",
+    "read_fold_frame",
     "iter_events_frames",
     "decode_frame",
+    "frame_from_raw",
     "check_raw_event",
 ]
 
@@ -64,14 +68,19 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "malformed": pl.String(),
 }
 
-# Which fields each known event type must carry, and their ranges; mirrors events.py.
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "UserCreated": ("user_id",),
-    "SessionStarted": ("session_id", "user_id", "item_count"),
-    "CorrectAnswerGiven": ("session_id", "item_id"),
-    "SessionCompleted": ("session_id", "duration_seconds"),
-    "ReviewProcessed": ("user_id", "item_id", "quality", "new_interval", "easiness_factor"),
+FOLD_SCHEMA: dict[str, pl.DataType] = {
+    "global_position": pl.Int64(),
+    "event_type": pl.String(),
+    "timestamp": _UTC,
+    "metadata_user_id": pl.String(),
+    **PAYLOAD_FIELDS,
+    "malformed": pl.String(),
 }
+"""The narrower frame a replay folds: what the statistics read, and nothing else."""
+
+# Which fields each known event type must carry (its own fields: the others are null in
+# the frame), and their ranges; mirrors events.py.
+_REQUIRED = FIELDS_BY_TYPE
 _INT_RANGE = {"item_count": (0, 1_000_000), "duration_seconds": (0, 1_000_000_000), "quality": (0, 5)}
 _FLOAT_RANGE = {"new_interval": (0.0, 1_000_000.0), "easiness_factor": (0.0, 1000.0)}
 _ID_FIELDS = ("user_id", "session_id", "item_id")
@@ -178,16 +187,17 @@ def _decode_json(lines: pa.ChunkedArray | pa.Array, schema: pa.Schema, n: int) -
 
 
 def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
-    """Turn the store's columns (Arrow) into the typed events frame.
+    """Decode rows from their JSON text: the path for rows progress_lab did not write.
 
-    ``table`` has the columns of ``event_store`` plus ``data_line`` and ``meta_line``:
-    the JSON texts with line breaks removed and one ``\\n`` appended (the SQL adds them).
+    ``table`` has the ``event_store`` columns ``global_position``, ``event_id``,
+    ``stream_id``, ``stream_version``, ``event_type``, ``created_at``, ``event_data``
+    and ``metadata``. Payload and metadata are decoded with a fixed schema (pyarrow,
+    strict about JSON types); a batch with a row that breaks it is checked row by row.
     """
     n = table.num_rows
     if n == 0:
         # An empty result carries no column types (ADBC's SQLite driver reports int64 for all).
-        empty = {**FRAME_SCHEMA, **({"event_data": pl.String(), "metadata": pl.String()} if raw else {})}
-        return pl.DataFrame(schema=empty)
+        return _empty_frame(FRAME_SCHEMA, raw)
     base = pl.from_arrow(table.select(["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]))
     assert isinstance(base, pl.DataFrame)
     base = base.with_columns(
@@ -195,11 +205,12 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
         pl.col("stream_version").cast(pl.Int64),
         _as_utc(pl.col("created_at"), base.schema["created_at"]),
     )
-    payload = _decode_json(table.column("data_line"), _PAYLOAD_ARROW, n)
-    meta = _decode_json(table.column("meta_line"), _META_ARROW, n)
+    payload = _decode_json(_lines(table.column("event_data")), _PAYLOAD_ARROW, n)
+    meta = _decode_json(_lines(table.column("metadata")), _META_ARROW, n)
     python_reasons = pl.Series("python_reason", [None] * n, dtype=pl.String)
     if payload is None or meta is None:
         payload, meta, python_reasons = _decode_row_by_row(table)
+    text = pl.col("timestamp_text")
     frame = pl.concat(
         [
             base,
@@ -213,8 +224,21 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
             python_reasons.to_frame(),
         ],
         how="horizontal",
+    ).with_columns(
+        pl.when(text.str.len_bytes() == 27)
+        .then(text.str.to_datetime(_TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False))
+        .otherwise(None)
+        .alias("timestamp"),
+        # A field that is not one of the event type's own is not part of the frame.
+        *(
+            pl.when(pl.col("event_type").is_in([t for t, fs in _REQUIRED.items() if name in fs]))
+            .then(pl.col(name))
+            .otherwise(None)
+            .alias(name)
+            for name in PAYLOAD_FIELDS
+        ),
     )
-    frame = _validate(frame).with_columns(pl.coalesce("python_reason", "malformed").alias("malformed")).drop("python_reason")
+    frame = _validate(frame).with_columns(pl.coalesce("python_reason", "malformed").alias("malformed"))
     columns = list(FRAME_SCHEMA)
     if raw:
         frame = frame.with_columns(
@@ -223,6 +247,22 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
         )
         columns += ["event_data", "metadata"]
     return frame.select(columns)
+
+
+def _empty_frame(schema: dict[str, pl.DataType], raw: bool) -> pl.DataFrame:
+    return pl.DataFrame(schema={**schema, **({"event_data": pl.String(), "metadata": pl.String()} if raw else {})})
+
+
+def _lines(column: pa.ChunkedArray) -> pa.Array:
+    """The JSON texts as one NDJSON document: each text on one line, ending in a newline."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = pc.fill_null(array.cast(pa.large_string()), "null")
+    # A raw line break is only whitespace in JSON text (inside strings it must be
+    # escaped), so it can become a space; most logs have none, so look before copying.
+    for brk in ("\n", "\r"):
+        if pc.any(pc.greater(pc.count_substring(array, brk), 0)).as_py():
+            array = pc.replace_substring(array, brk, " ")
+    return pc.binary_join_element_wise(array, pa.scalar("", pa.large_string()), pa.scalar("\n", pa.large_string()))
 
 
 def _as_utc(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -238,13 +278,11 @@ def _identifier(value: pl.Expr) -> pl.Expr:
 
 
 def _validate(frame: pl.DataFrame) -> pl.DataFrame:
-    """Add ``malformed`` (why a known event cannot be folded) and the parsed ``timestamp``."""
-    timestamp = (
-        pl.when(pl.col("timestamp_text").str.len_bytes() == 27)
-        .then(pl.col("timestamp_text").str.to_datetime(_TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False))
-        .otherwise(None)
-    )
-    frame = frame.with_columns(timestamp.alias("timestamp"))
+    """Add ``malformed``: why a known event cannot be folded (null when it can).
+
+    Expects ``timestamp`` (null when missing or not canonical), ``data_type`` (the
+    ``type`` inside the payload), ``metadata_user_id`` and the payload fields.
+    """
     reason: pl.Expr = pl.lit(None, dtype=pl.String)
     checks: list[tuple[pl.Expr, str]] = []
     for event_type, fields in _REQUIRED.items():
@@ -336,48 +374,107 @@ def _utf8(value: str) -> bool:
     return True
 
 
-def _one_line(text: str) -> str:
-    return text.replace("\n", " ").replace("\r", " ")
+_MIN_INT = "(-9223372036854775807 - 1)"  # SQLite reads a bare -9223372036854775808 as a float
+# ADBC's SQLite driver takes a column's type from its first rows, so a column that starts
+# with NULLs would be read as int64; non-null stand-ins keep every column's type stable.
+_SENTINEL = {pl.String(): "''", pl.Int64(): _MIN_INT, pl.Float64(): "-1.0"}
 
 
-def _select_sql(store: EventStore) -> str:
-    nl = "char(10)" if store.dialect == "sqlite" else "E'\\n'"
-    cr = "char(13)" if store.dialect == "sqlite" else "E'\\r'"
-    line = "replace(replace({col}, {nl}, ' '), {cr}, ' ') || {nl}"
+def _typed_sql(columns: str) -> str:
+    fold = [("occurred_at_us", pl.Int64()), ("metadata_user_id", pl.String()), *PAYLOAD_FIELDS.items()]
+    if columns == "all":
+        fold += [("correlation_id", pl.String()), ("causation_id", pl.String())]
+    selected = ["global_position", "event_type", "COALESCE(typed, 0) AS typed"]
+    selected += [f"COALESCE({name}, {_SENTINEL[dtype]}) AS {name}" for name, dtype in fold]
+    if columns == "all":
+        selected += ["event_id", "stream_id", "stream_version", "created_at"]
     return (
-        "SELECT global_position, event_id, stream_id, stream_version, event_type, created_at, "
-        "event_data, metadata, "
-        f"{line.format(col='event_data', nl=nl, cr=cr)} AS data_line, "
-        f"{line.format(col='metadata', nl=nl, cr=cr)} AS meta_line "
-        "FROM event_store WHERE global_position >= {p1} AND global_position <= {p2} "
-        "ORDER BY global_position"
+        f"SELECT {', '.join(selected)} FROM event_store "
+        "WHERE global_position >= {p1} AND global_position <= {p2} ORDER BY global_position"
     )
 
 
-def _read_arrow(store: EventStore, from_position: int, to_position: int) -> pa.Table:
+_JSON_SQL = (
+    "SELECT global_position, event_id, stream_id, stream_version, event_type, created_at, event_data, metadata "
+    "FROM event_store WHERE global_position >= {p1} AND global_position <= {p2} {extra} ORDER BY global_position"
+)
+
+
+def _query(store: EventStore, sql: str, from_position: int, to_position: int) -> pa.Table:
     conn = _adbc_connection(store)
     if conn is not None:
-        placeholder = ("?", "?") if store.dialect == "sqlite" else ("$1", "$2")
-        sql = _select_sql(store).format(p1=placeholder[0], p2=placeholder[1])
+        placeholders = ("?", "?") if store.dialect == "sqlite" else ("$1", "$2")
         with conn.cursor() as cursor:
-            cursor.execute(sql, (from_position, to_position))
+            cursor.execute(sql.format(p1=placeholders[0], p2=placeholders[1]), (from_position, to_position))
             table: pa.Table = cursor.fetch_arrow_table()
         return table
     # No ADBC driver for this URL (an in-memory SQLite, say): the same query through SQLAlchemy.
-    sql = _select_sql(store).format(p1=":p1", p2=":p2")
     with store.engine.connect() as sa_conn:
-        result = sa_conn.execute(sa.text(sql), {"p1": from_position, "p2": to_position})
+        result = sa_conn.execute(sa.text(sql.format(p1=":p1", p2=":p2")), {"p1": from_position, "p2": to_position})
         rows = result.all()
         names = list(result.keys())
-    columns = list(zip(*rows)) if rows else [[] for _ in names]
-    created = [str(v) if v is not None else None for v in columns[names.index("created_at")]]
-    arrays = {
-        name: pa.array(list(col), type=pa.int64() if name in ("global_position", "stream_version") else pa.string())
-        for name, col in zip(names, columns)
-        if name != "created_at"
-    }
-    arrays["created_at"] = pa.array(created, type=pa.string())
-    return pa.table(arrays)
+    columns = list(zip(*rows)) if rows else [() for _ in names]
+    return pa.table(
+        {
+            name: pa.array(
+                [str(v) if name == "created_at" and v is not None else v for v in col],
+                type=pa.string() if name == "created_at" else None,
+            )
+            if rows
+            else pa.array([], type=pa.string())
+            for name, col in zip(names, columns)
+        }
+    )
+
+
+def _from_typed(table: pa.Table, columns: str) -> pl.DataFrame:
+    """The frame of rows progress_lab wrote, from their typed columns (stand-ins back to null)."""
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    strings = ["metadata_user_id", *(n for n, t in PAYLOAD_FIELDS.items() if t == pl.String())]
+    if columns == "all":
+        strings += ["correlation_id", "causation_id"]
+    ints = ["occurred_at_us", *(n for n, t in PAYLOAD_FIELDS.items() if t == pl.Int64())]
+    floats = [n for n, t in PAYLOAD_FIELDS.items() if t == pl.Float64()]
+    frame = frame.with_columns(
+        pl.col("global_position").cast(pl.Int64),
+        *(pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in strings),
+        *(pl.when(pl.col(c) == -(2**63)).then(None).otherwise(pl.col(c)).cast(pl.Int64).alias(c) for c in ints),
+        *(pl.when(pl.col(c) == -1.0).then(None).otherwise(pl.col(c)).cast(pl.Float64).alias(c) for c in floats),
+    ).with_columns(
+        pl.col("occurred_at_us").cast(_UTC).alias("timestamp"),
+        pl.col("event_type").alias("data_type"),
+    )
+    if columns == "all":
+        frame = frame.with_columns(
+            pl.col("stream_version").cast(pl.Int64), _as_utc(pl.col("created_at"), frame.schema["created_at"])
+        )
+    return _validate(frame)
+
+
+def _read(store: EventStore, from_position: int, to_position: int, columns: str, raw: bool) -> pl.DataFrame:
+    schema = FRAME_SCHEMA if columns == "all" else FOLD_SCHEMA
+    typed = _query(store, _typed_sql(columns), from_position, to_position)
+    if typed.num_rows == 0:
+        return _empty_frame(schema, raw)
+    frame = _from_typed(typed, columns)
+    untyped = frame.filter(pl.col("typed") == 0)
+    if raw:
+        texts = decode_frame(_query(store, _JSON_SQL.replace("{extra}", ""), from_position, to_position), raw=True)
+        if untyped.height:
+            frame = texts
+        else:
+            frame = frame.join(texts.select("global_position", "event_data", "metadata"), on="global_position")
+        return frame.select([*schema, "event_data", "metadata"])
+    if untyped.height:
+        # Rows other tools wrote: decode their JSON text (and validate it as strictly).
+        decoded = decode_frame(
+            _query(store, _JSON_SQL.replace("{extra}", "AND typed IS NULL"), from_position, to_position)
+        )
+        frame = pl.concat([frame.filter(pl.col("typed") == 1).select(list(schema)), decoded.select(list(schema))]).sort(
+            "global_position"
+        )
+    return frame.select(list(schema))
 
 
 def _adbc_connection(store: EventStore) -> Any:
@@ -410,7 +507,13 @@ def read_events_frame(
 ) -> pl.DataFrame:
     """The events between two positions (inclusive) as a typed frame; see :data:`FRAME_SCHEMA`."""
     upper = to_position if to_position is not None else 2**62
-    return decode_frame(_read_arrow(store, from_position, upper), raw=raw)
+    return _read(store, from_position, upper, "all", raw)
+
+
+def read_fold_frame(store: EventStore, from_position: int = 1, to_position: int | None = None) -> pl.DataFrame:
+    """Only what the fold reads (:data:`FOLD_SCHEMA`): fewer columns, a faster replay."""
+    upper = to_position if to_position is not None else 2**62
+    return _read(store, from_position, upper, "fold", False)
 
 
 def iter_events_frames(
@@ -430,7 +533,6 @@ def iter_events_frames(
         start = end + 1
 
 
-
 def frame_from_raw(
     rows: list[tuple[int, str, str | None, str | None]],
     *,
@@ -438,13 +540,11 @@ def frame_from_raw(
 ) -> pl.DataFrame:
     """The events frame of raw ``(global_position, event_type, event_data, metadata)`` rows.
 
-    For tests and benchmarks that hold a log in memory rather than in a store; stream
-    ids and versions are placeholders.
+    For tests and benchmarks that hold a log in memory rather than in a store: it takes
+    the JSON decoding path. Stream ids and versions are placeholders.
     """
     n = len(rows)
     positions = [r[0] for r in rows]
-    datas = [r[2] for r in rows]
-    metas = [r[3] for r in rows]
     stamp = (created_at or datetime(1970, 1, 1)).strftime("%Y-%m-%d %H:%M:%S.%f")
     table = pa.table(
         {
@@ -454,10 +554,8 @@ def frame_from_raw(
             "stream_version": pa.array(positions, type=pa.int64()),
             "event_type": pa.array([r[1] for r in rows], type=pa.string()),
             "created_at": pa.array([stamp] * n, type=pa.string()),
-            "event_data": pa.array(datas, type=pa.string()),
-            "metadata": pa.array(metas, type=pa.string()),
-            "data_line": pa.array([_one_line(d if d is not None else "null") + "\n" for d in datas], type=pa.string()),
-            "meta_line": pa.array([_one_line(m if m is not None else "null") + "\n" for m in metas], type=pa.string()),
+            "event_data": pa.array([r[2] for r in rows], type=pa.string()),
+            "metadata": pa.array([r[3] for r in rows], type=pa.string()),
         }
     )
     return decode_frame(table)

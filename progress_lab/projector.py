@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -18,6 +19,7 @@ from ._schema import snapshots as _snapshots
 from .checkpoints import CheckpointStore
 from .errors import CheckpointError, ConsistencyError, StoreUnavailableError
 from .events import Snapshot
+from .frames import read_fold_frame
 from .projections import FoldOptions, ProjectionState, fold
 from .read_models import DailyStatsRepository, UserProgressRepository
 from .store import NOTIFY_CHANNEL, EventStore, SnapshotPolicy
@@ -166,27 +168,31 @@ class ProjectionManager:
             disable=True if self.progress is False else (None if self.progress is None else False),
             leave=False,
         )
-        try:
-            while state.position < head:
-                end = min(state.position + self.batch_size, head)
-                frame = self.store.events_frame(state.position + 1, end)
-                new = fold(frame, state) if frame.height else state
-                new = replace(new, position=end)  # positions may have holes; the range is done
-                if write:
-                    self._commit(state, new)
-                    if self.snapshot_policy.is_due(self._last_snapshot, new.position):
-                        self.store.save_snapshot(
-                            Snapshot(stream_id=self.snapshot_stream, version=new.position, state=new.to_bytes()),
-                            self.snapshot_policy,
-                        )
-                        self._last_snapshot = new.position
-                        snapshots += 1
-                    self._state = new
-                bar.update(end - state.position)
-                state = new
-                batches += 1
-        finally:
-            bar.close()
+        ranges = [(a, min(a + self.batch_size - 1, head)) for a in range(start + 1, head + 1, self.batch_size)]
+        # Reading the next batch (Arrow, outside the GIL) overlaps folding and writing this one.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-read") as reader:
+            pending = reader.submit(read_fold_frame, self.store, *ranges[0]) if ranges else None
+            try:
+                for index, (_, end) in enumerate(ranges):
+                    assert pending is not None
+                    frame = pending.result()
+                    pending = reader.submit(read_fold_frame, self.store, *ranges[index + 1]) if index + 1 < len(ranges) else None
+                    new = fold(frame, state) if frame.height else state
+                    new = replace(new, position=end)  # positions may have holes; the range is done
+                    if write:
+                        self._commit(state, new)
+                        self._state = new
+                        last = index + 1 == len(ranges)
+                        if self._snapshot_due(new.position, last):
+                            self._save_snapshot(new)
+                            snapshots += 1
+                    bar.update(end - state.position)
+                    state = new
+                    batches += 1
+            finally:
+                if pending is not None:
+                    pending.cancel()
+                bar.close()
         new_rejections = state.rejected.slice(before_rejected) if write else state.rejected.clear()
         by_reason = new_rejections.group_by("reason").len()
         report = RunReport(
@@ -201,6 +207,23 @@ class ProjectionManager:
             seconds=time.perf_counter() - started,
         )
         return _FoldResult(state, report)
+
+    # A catch-up snapshots when it ends; a long one also every so many positions on the way,
+    # so a restart never refolds more than that (the checkpoint, not the snapshot, is what
+    # makes a crash safe).
+    _SNAPSHOT_STRIDE = 2_000_000
+
+    def _snapshot_due(self, position: int, last_batch: bool) -> bool:
+        if not self.snapshot_policy.is_due(self._last_snapshot, position):
+            return False
+        return last_batch or position - self._last_snapshot >= self._SNAPSHOT_STRIDE
+
+    def _save_snapshot(self, state: ProjectionState) -> None:
+        self.store.save_snapshot(
+            Snapshot(stream_id=self.snapshot_stream, version=state.position, state=state.to_bytes()),
+            self.snapshot_policy,
+        )
+        self._last_snapshot = state.position
 
     def _commit(self, old: ProjectionState, new: ProjectionState) -> None:
         # A new default as_of changes every user's streak, not only the users of the batch.

@@ -27,6 +27,7 @@ from .errors import (
     StoreUnavailableError,
 )
 from .events import (
+    FOLD_FIELDS,
     EventMetadata,
     NewEvent,
     PersistedEvent,
@@ -34,6 +35,7 @@ from .events import (
     _check_name,
     dumps,
     encode_new_event,
+    fold_fields,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +57,12 @@ _COLUMNS = (
     "event_data",
     "metadata",
     "created_at",
+    "typed",
+    "occurred_at_us",
+    "metadata_user_id",
+    "correlation_id",
+    "causation_id",
+    *FOLD_FIELDS,
 )
 _CHUNK = 10_000
 NOTIFY_CHANNEL = "progress_lab_events"
@@ -162,6 +170,14 @@ def _reason(exc: SQLAlchemyError) -> str:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_us(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 class EventStore:
@@ -330,6 +346,7 @@ class EventStore:
             position += 1
             version = versions[record.stream_id] + 1
             versions[record.stream_id] = version
+            meta = record.metadata
             rows.append(
                 (
                     position,
@@ -338,8 +355,14 @@ class EventStore:
                     version,
                     record.event_type,
                     dumps(record.event_data),
-                    dumps(record.metadata.to_data()),
+                    dumps(meta.to_data()),
                     (record.created_at or now).astimezone(UTC),
+                    1,
+                    _epoch_us(meta.timestamp),
+                    meta.user_id,
+                    meta.correlation_id,
+                    meta.causation_id,
+                    *fold_fields(record.event_type, record.event_data),
                 )
             )
         try:
@@ -386,7 +409,7 @@ class EventStore:
             placeholders = ", ".join("?" for _ in _COLUMNS)
             conn.exec_driver_sql(
                 f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-                [(*row[:7], _schema.sqlite_timestamp(row[7])) for row in rows],
+                [(*row[:7], _schema.sqlite_timestamp(row[7]), *row[8:]) for row in rows],
             )
 
     def _integrity_error(
