@@ -1,0 +1,230 @@
+"""Replay benchmark: full replay into persisted read models, and vectorized vs reference fold.
+
+Usage::
+
+    python bench/replay.py                      # 1,000,000 events, reference fold on all of them
+    python bench/replay.py --events 200000 --reference-events 50000
+    python bench/replay.py --scaling 1000000,5000000,10000000
+
+It prints a table and writes ``bench/results/replay.json``. Every figure of a run is
+measured in that run, on this machine; ratios compare figures of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from _common import ROOT, describe_machine, peak_rss_mb, print_table, timer, write_results
+
+import progress_lab as plab
+from progress_lab.events import EventMetadata
+from progress_lab.frames import _adbc_connection, decode_frame
+from progress_lab.generator import estimate_events, generate_events
+from progress_lab.store import NewRecord
+
+CACHE = ROOT / "bench" / "cache"
+DAYS = 60
+
+
+def build_log(path: Path, events: int, seed: int = 1) -> dict[str, float]:
+    """A generated log of at least ``events`` events in a fresh SQLite file (cached)."""
+    if path.exists():
+        store = plab.connect(f"sqlite:///{path}")
+        if store.head_position() >= events:
+            store.close()
+            return {"events": store.head_position(), "load_seconds": float("nan")}
+        store.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    users = max(1, -(-events // max(1, estimate_events(1, DAYS))))
+    store = plab.connect(f"sqlite:///{path}")
+    records = (
+        NewRecord(
+            e["stream_id"],
+            e["event_type"],
+            e["event_data"],
+            EventMetadata.model_validate(e["metadata"]),
+            e["event_id"],
+            datetime.fromisoformat(e["created_at"]),
+        )
+        for e in generate_events(users=users, days=DAYS, seed=seed)
+    )
+    with timer() as t:
+        count = store.append_records(records)
+    store.close()
+    return {"events": count, "load_seconds": t["seconds"]}
+
+
+_ID_SQL = "CASE WHEN json_extract({x}, '$.{f}') IS NULL THEN {x} ELSE json_set({x}, '$.{f}', json_extract({x}, '$.{f}') || :sfx) END"
+
+
+def replicate_log(base: Path, target: Path, copies: int) -> int:
+    """``copies`` copies of the base log with disjoint learners and sessions, one after another."""
+    import shutil
+
+    import sqlalchemy as sa
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    shutil.copy(base, target)
+    store = plab.connect(f"sqlite:///{target}")
+    size = store.head_position()
+    data = _ID_SQL.format(x=_ID_SQL.format(x="event_data", f="user_id"), f="session_id")
+    meta = _ID_SQL.format(x="metadata", f="user_id")
+    columns = (
+        "global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, created_at, typed, "
+        "occurred_at_us, metadata_user_id, correlation_id, causation_id, user_id, session_id, item_id, item_count, "
+        "duration_seconds, quality, new_interval, easiness_factor"
+    )
+    select = (
+        f"SELECT global_position + :shift, event_id || :sfx, stream_id || :sfx, stream_version, event_type, {data}, "
+        f"{meta}, created_at, typed, occurred_at_us, metadata_user_id || :sfx, correlation_id, causation_id, "
+        "user_id || :sfx, session_id || :sfx, item_id, item_count, duration_seconds, quality, new_interval, "
+        "easiness_factor FROM event_store WHERE global_position <= :size"
+    )
+    for copy in range(1, copies):
+        with store.transaction() as conn:
+            conn.execute(sa.text(f"INSERT INTO event_store ({columns}) {select}"), {"shift": copy * size, "sfx": f"-r{copy}", "size": size})
+    head = store.head_position()
+    store.close()
+    return head
+
+
+def replay_in_child(path: Path, batch_size: int) -> dict[str, float]:
+    """Rebuild the read models of the log at ``path`` in a fresh process; its time and peak RSS."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--child-replay", str(path), "--batch-size", str(batch_size)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _child_replay(path: Path, batch_size: int) -> None:
+    store = plab.connect(f"sqlite:///{path}")
+    manager = plab.ProjectionManager(store, batch_size=batch_size, progress=False)
+    with timer() as t:
+        report = manager.rebuild()
+    print(json.dumps({"events": report.events_folded, "seconds": t["seconds"], "peak_rss_mb": peak_rss_mb()}))
+
+
+def compare_folds(path: Path, events: int) -> dict[str, float]:
+    """Vectorized (decode_frame + fold) and reference fold on the same raw JSON rows."""
+    store = plab.connect(f"sqlite:///{path}")
+    conn = _adbc_connection(store)
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT global_position, event_id, stream_id, stream_version, event_type, created_at, event_data, metadata "
+            "FROM event_store WHERE global_position <= ? ORDER BY global_position",
+            (events,),
+        )
+        table = cursor.fetch_arrow_table()
+    chunk = 250_000
+    with timer() as vectorized:
+        state = None
+        for start in range(0, table.num_rows, chunk):
+            state = plab.fold(decode_frame(table.slice(start, chunk)), state)
+    rows = list(
+        zip(
+            table.column("global_position").to_pylist(),
+            table.column("event_type").to_pylist(),
+            table.column("event_data").to_pylist(),
+            table.column("metadata").to_pylist(),
+        )
+    )
+    with timer() as reference:
+        expected = plab.ReferenceFold().fold(rows)
+    assert state is not None
+    identical = (
+        state.user_progress().equals(expected.user_progress())
+        and state.daily_stats().equals(expected.daily_stats())
+        and state.rejections().equals(expected.rejections())
+    )
+    store.close()
+    n = table.num_rows
+    return {
+        "events": n,
+        "vectorized_seconds": vectorized["seconds"],
+        "vectorized_events_per_s": n / vectorized["seconds"],
+        "reference_seconds": reference["seconds"],
+        "reference_events_per_s": n / reference["seconds"],
+        "ratio": reference["seconds"] / vectorized["seconds"],
+        "identical": identical,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="size of the generated log")
+    parser.add_argument("--reference-events", type=int, default=None, help="events for the fold comparison (default: all)")
+    parser.add_argument("--batch-size", type=int, default=250_000, help="projector batch size")
+    parser.add_argument("--scaling", default="", help="comma-separated log sizes for a scaling series, e.g. 1000000,5000000,10000000")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="folder for the generated SQLite files")
+    parser.add_argument("--child-replay", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_replay:
+        _child_replay(args.child_replay, args.batch_size)
+        return
+
+    describe_machine()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    base = args.cache / f"log_{args.events}.db"
+    loaded = build_log(base, args.events)
+    print(f"log: {loaded['events']:,} events in {base.relative_to(ROOT) if base.is_relative_to(ROOT) else base}")
+
+    replay = replay_in_child(base, args.batch_size)
+    replay_row = {
+        "what": "full replay, SQLite file -> persisted read models",
+        "events": int(replay["events"]),
+        "seconds": replay["seconds"],
+        "events/s": replay["events"] / replay["seconds"],
+        "peak RSS MB": replay["peak_rss_mb"],
+    }
+    print_table("Replay (ProjectionManager.rebuild, fresh process)", [replay_row])
+
+    folds = compare_folds(base, args.reference_events or args.events)
+    print_table(
+        "Fold on the same raw events, JSON decoding included on both sides",
+        [
+            {"fold": "vectorized (polars)", "events": folds["events"], "seconds": folds["vectorized_seconds"], "events/s": folds["vectorized_events_per_s"]},
+            {"fold": "reference (per event)", "events": folds["events"], "seconds": folds["reference_seconds"], "events/s": folds["reference_events_per_s"]},
+        ],
+    )
+    print(f"\nvectorized / reference: {folds['ratio']:.1f}x faster; results identical: {folds['identical']}")
+
+    scaling = []
+    for size in [int(s) for s in args.scaling.split(",") if s.strip()]:
+        copies = -(-size // loaded["events"])
+        target = args.cache / f"scaled_{size}.db"
+        with timer() as t:
+            events = replicate_log(base, target, copies) if copies > 1 else loaded["events"]
+        path = target if copies > 1 else base
+        result = replay_in_child(path, args.batch_size)
+        scaling.append(
+            {
+                "events": int(result["events"]),
+                "seconds": result["seconds"],
+                "events/s": result["events"] / result["seconds"],
+                "seconds per 1M": result["seconds"] / (result["events"] / 1e6),
+                "peak RSS MB": result["peak_rss_mb"],
+            }
+        )
+        print(f"  built {events:,} events in {t['seconds']:.0f} s; replayed in {result['seconds']:.1f} s", flush=True)
+        if path != base:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if scaling:
+        print_table("Scaling (copies of the base log with disjoint learners)", scaling)
+
+    write_results("replay", {"replay": replay_row, "folds": folds, "scaling": scaling, "load": loaded, "time": time.time()})
+
+
+if __name__ == "__main__":
+    main()
