@@ -43,7 +43,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 def sqlite_timestamp(value: datetime) -> str:
     """UTC text with fixed width, so SQLite compares timestamps as strings correctly."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER PRIMARY KEY is SQLite's rowid

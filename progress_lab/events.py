@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias, Union
@@ -248,10 +248,13 @@ EventLike: TypeAlias = Union[_Event, Mapping[str, Any]]
 NewEvent: TypeAlias = Union[EventLike, tuple[EventLike, "EventMetadata | Mapping[str, Any] | None"]]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def _check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise EventValidationError(f"{what} must be a non-empty string of at most 256 characters")
-    if any(ord(ch) < 32 for ch in value):
+    if _CONTROL.search(value):
         raise EventValidationError(f"{what} must not contain control characters")
     return value
 
@@ -310,13 +313,12 @@ def _json_object(value: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def dumps(data: Mapping[str, Any]) -> str:
-    """Compact JSON text, the store's encoding of payloads and metadata."""
+    """Compact UTF-8 JSON text, the store's encoding of payloads and metadata.
+
+    Only for validated data: the schemas (and ``_json_object`` for unknown types) have
+    already refused NaN and infinities, so the fast serializer cannot meet them.
+    """
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        return pydantic_core.to_json(data).decode()
+    except (TypeError, ValueError, pydantic_core.PydanticSerializationError) as exc:
         raise SerializationError(f"cannot encode as JSON: {exc}") from None
-
-
-def is_finite_number(value: Any) -> bool:
-    """True for an int or a finite float (and not a bool)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
