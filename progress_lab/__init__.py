@@ -1,5 +1,6 @@
 """progress_lab: the Progress Context's event store and vectorized read-model projections."""
 
+from .checkpoints import Checkpoint, CheckpointStore
 from .errors import (
     CheckpointError,
     ConcurrencyError,
@@ -23,7 +24,6 @@ from .events import (
     Snapshot,
     UserCreated,
 )
-from .checkpoints import Checkpoint, CheckpointStore
 from .monitor import LagReport, LagStatus, ProjectionMonitor
 from .projections import FoldOptions, ProjectionState, fold
 from .projector import ProjectionManager, RunReport

@@ -309,7 +309,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     sample = sample_path()
     if sample is None:  # an installed package without the checkout: make the same file
         sample = out / "sample.jsonl"
-        write_jsonl(sample, **SAMPLE)
+        write_jsonl(sample, users=SAMPLE["users"], days=SAMPLE["days"], seed=SAMPLE["seed"])
     db = out / "demo.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)

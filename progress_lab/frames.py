@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -117,9 +116,12 @@ def check_raw_event(event_type: str, event_data: str | None, metadata: str | Non
                 return f"event_data.{name}: missing, not an integer or out of range"
         else:
             low_f, high_f = _FLOAT_RANGE[name]
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or not (low_f < value if name == "easiness_factor" else low_f <= value) or value > high_f:
-                return f"event_data.{name}: missing, not a finite number or out of range"
+            text = f"event_data.{name}: missing, not a finite number or out of range"
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                return text
+            above_low = value > low_f if name == "easiness_factor" else value >= low_f
+            if not above_low or value > high_f:
+                return text
     user = meta.get("user_id")
     if user is not None and not _is_identifier(user):
         return "metadata.user_id: not an identifier"

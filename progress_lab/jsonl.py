@@ -14,7 +14,14 @@ from typing import Any
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from .errors import EventValidationError, SerializationError
-from .events import EventMetadata, PersistedEvent, _check_name, dumps, encode_new_event, format_timestamp
+from .events import (
+    EventMetadata,
+    PersistedEvent,
+    _check_name,
+    dumps,
+    encode_new_event,
+    format_timestamp,
+)
 from .store import EventStore, NewRecord
 
 __all__ = ["import_jsonl", "export_jsonl"]

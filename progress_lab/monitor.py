@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import sqlalchemy as sa
 
+from ._schema import UTCDateTime
 from ._schema import event_store as _events
 from ._schema import projection_checkpoints as _checkpoints
 from .errors import MissingExtraError
@@ -105,7 +106,8 @@ class ProjectionMonitor:
         now = self.clock()
         age = None
         if oldest is not None:
-            oldest = _events.c.created_at.type.process_result_value(oldest, self.store.engine.dialect)
+            oldest = UTCDateTime().process_result_value(oldest, self.store.engine.dialect)
+            assert oldest is not None
             age = max(now - oldest, timedelta(0))
         critical = (age is not None and age > self.critical_age) or (
             self.critical_events is not None and behind > self.critical_events

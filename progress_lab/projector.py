@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -111,6 +111,14 @@ class ProjectionManager:
         if self._state is None:
             self._state = self._load()
         return self._state
+
+    def reload(self) -> None:
+        """Forget the in-memory state; the next use restores it from snapshot + checkpoint.
+
+        Call it after a :class:`CheckpointError` (another projector moved the checkpoint)
+        or an outage whose last commit may or may not have happened.
+        """
+        self._state = None
 
     def _options_dict(self) -> dict[str, object]:
         return asdict(self.options)
@@ -274,7 +282,7 @@ class ProjectionManager:
                 except (StoreUnavailableError, CheckpointError, sa.exc.OperationalError) as exc:
                     self.last_error = str(exc)
                     log.warning("projection %s: %s; retrying in %.1f s", self.name, exc, backoff)
-                    self._state = None  # the database is the truth: reload from the checkpoint
+                    self.reload()  # the database is the truth: reload from the checkpoint
                     stop_event.wait(backoff)
                     backoff = min(backoff * 2, max_backoff)
                     continue

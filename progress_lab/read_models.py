@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -57,7 +58,7 @@ REJECTIONS_SCHEMA: dict[str, pl.DataType] = {
 """Columns of the rejections: which event, and why it changed no statistic."""
 
 
-def _frame(rows: list[Any], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _frame(rows: Sequence[Any], schema: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame([dict(r._mapping) for r in rows], schema=schema, orient="row")
 
 
