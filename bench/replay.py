@@ -24,7 +24,7 @@ from _common import ROOT, describe_machine, peak_rss_mb, print_table, timer, wri
 
 import progress_lab as plab
 from progress_lab.events import EventMetadata
-from progress_lab.frames import _adbc_connection, decode_frame
+from progress_lab.frames import _query, decode_frame
 from progress_lab.generator import estimate_events, generate_events
 from progress_lab.store import NewRecord
 
@@ -118,14 +118,14 @@ def _child_replay(path: Path, batch_size: int) -> None:
 def compare_folds(path: Path, events: int) -> dict[str, float]:
     """Vectorized (decode_frame + fold) and reference fold on the same raw JSON rows."""
     store = plab.connect(f"sqlite:///{path}")
-    conn = _adbc_connection(store)
-    with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT global_position, event_id, stream_id, stream_version, event_type, created_at, event_data, metadata "
-            "FROM event_store WHERE global_position <= ? ORDER BY global_position",
-            (events,),
-        )
-        table = cursor.fetch_arrow_table()
+    # Read through the store's Arrow reader (a child process for SQLite files).
+    table = _query(
+        store,
+        "SELECT global_position, event_id, stream_id, stream_version, event_type, created_at, event_data, metadata "
+        "FROM event_store WHERE global_position >= {p1} AND global_position <= {p2} ORDER BY global_position",
+        1,
+        events,
+    )
     chunk = 250_000
     with timer() as vectorized:
         state = None

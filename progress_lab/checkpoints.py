@@ -85,7 +85,12 @@ class CheckpointStore:
         if expected == 0:
             exists = conn.execute(sa.select(_checkpoints.c.position).where(_checkpoints.c.name == name)).first()
             if exists is None:
-                conn.execute(_checkpoints.insert().values(name=name, **values))
+                try:
+                    conn.execute(_checkpoints.insert().values(name=name, **values))
+                except sa.exc.IntegrityError:  # PostgreSQL: another projector inserted it first
+                    raise CheckpointError(
+                        f"checkpoint {name!r} was created by another projector meanwhile"
+                    ) from None
                 return
         result = conn.execute(
             _checkpoints.update()

@@ -173,9 +173,13 @@ class EventMetadata(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        try:
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00, say: a ValueError becomes a validation error
+            raise ValueError("timestamp is out of range once converted to UTC") from None
+        if not 1900 <= value.year <= 9000:  # frames.YEAR_RANGE: the years the fold accepts
+            raise ValueError("timestamp must be between the years 1900 and 9000")
+        return value
 
     def to_data(self) -> dict[str, Any]:
         """The metadata's JSON form, with the canonical timestamp text."""
@@ -255,13 +259,18 @@ EventLike: TypeAlias = Union[_Event, Mapping[str, Any]]
 NewEvent: TypeAlias = Union[EventLike, tuple[EventLike, "EventMetadata | Mapping[str, Any] | None"]]
 
 
-_CONTROL = re.compile(r"[\x00-\x1f]")
+# Control characters, and lone surrogates (from "\ud800"), which no database can store as UTF-8.
+_CONTROL = re.compile(r"[\x00-\x1f\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise EventValidationError(f"{what} must be a non-empty string of at most 256 characters")
-    if _CONTROL.search(value):
+    bad = _CONTROL.search(value)
+    if bad:
+        if bad.group() >= "\ud800":
+            raise EventValidationError(f"{what} must not contain a lone surrogate (it is not valid UTF-8)")
         raise EventValidationError(f"{what} must not contain control characters")
     return value
 
@@ -279,15 +288,16 @@ def encode_new_event(item: NewEvent) -> tuple[str, dict[str, Any], EventMetadata
     else:
         event, meta = item, None
     if isinstance(event, _Event):
-        data = event.to_data()
+        data = _known_data(event)
     elif isinstance(event, Mapping):
         event_type = _check_name(event.get("type"), "event_data.type")
         cls = _EVENT_CLASSES.get(event_type)
         if cls is not None:
             try:
-                data = cls.model_validate(event).to_data()
+                model = cls.model_validate(event)
             except ValidationError as exc:
                 raise _validation_error(exc, "event_data") from None
+            data = _known_data(model)
         else:
             data = _json_object(event)
     else:
@@ -306,16 +316,45 @@ def encode_new_event(item: NewEvent) -> tuple[str, dict[str, Any], EventMetadata
             raise _validation_error(exc, "metadata") from None
     else:
         raise EventValidationError(f"metadata must be EventMetadata or a mapping, not {type(meta).__name__}")
+    _check_text(data, metadata)
     return data["type"], data, metadata
 
 
-def _json_object(value: Mapping[str, Any]) -> dict[str, Any]:
-    # Unknown events are stored as they come, but only if they are plain finite JSON.
+def _known_data(event: _Event) -> dict[str, Any]:
+    # Fields other contexts add are kept, but only as plain JSON that the store can write.
+    for key, value in (event.model_extra or {}).items():
+        _json_object({key: value}, f"event_data.{key}")
+    return event.to_data()
+
+
+def _check_text(data: Mapping[str, Any], metadata: EventMetadata) -> None:
+    # Identifiers and metadata go to typed text columns: PostgreSQL text cannot hold NUL (and
+    # the fold treats an identifier with NUL as malformed); no database stores a lone surrogate.
+    fold = FIELDS_BY_TYPE.get(data["type"], ())
+    where = [(f"event_data.{name}", value, name in fold) for name, value in data.items()]
+    where += [(f"metadata.{name}", getattr(metadata, name), True) for name in ("user_id", "correlation_id", "causation_id")]
+    for loc, value, is_column in where:
+        if not isinstance(value, str):
+            continue
+        problem = None
+        if is_column and "\x00" in value:
+            problem = "must not contain a NUL character"
+        elif _SURROGATE.search(value):
+            problem = "must not contain a lone surrogate (it is not valid UTF-8)"
+        if problem:
+            raise EventValidationError(f"invalid event: {loc}: {problem}", errors=[(loc, problem)])
+
+
+def _json_object(value: Mapping[str, Any], where: str = "event_data") -> dict[str, Any]:
+    # Unknown events are stored as they come, but only if they are plain finite JSON that
+    # the store's encoder can write: no NaN, no lone surrogate, not nested too deeply.
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise EventValidationError(f"event_data is not a JSON object: {exc}") from None
-    result: dict[str, Any] = json.loads(text)
+        text.encode("utf-8")
+        result: dict[str, Any] = json.loads(text)
+        dumps(result)
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeError, SerializationError: ValueErrors
+        raise EventValidationError(f"{where} is not plain JSON: {exc}") from None
     return result
 
 

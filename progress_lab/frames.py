@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import adbc_driver_manager
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 import sqlalchemy as sa
 
+from .errors import StoreUnavailableError
 from .events import FIELDS_BY_TYPE, KNOWN_EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -30,6 +33,7 @@ __all__ = [
     "decode_frame",
     "frame_from_raw",
     "check_raw_event",
+    "load_json",
 ]
 
 # The payload fields the statistics read, with their polars types. Other payload fields
@@ -84,7 +88,11 @@ _INT_RANGE = {"item_count": (0, 1_000_000), "duration_seconds": (0, 1_000_000_00
 _FLOAT_RANGE = {"new_interval": (0.0, 1_000_000.0), "easiness_factor": (0.0, 1000.0)}
 _ID_FIELDS = ("user_id", "session_id", "item_id")
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
-_TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+# [0-9], not \d: both Python's and Rust's \d also match non-ASCII digits.
+_TIMESTAMP_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
+_TIMESTAMP_RE = re.compile(_TIMESTAMP_PATTERN)
+# Years the fold accepts: a study day in any time zone must still be a valid date.
+YEAR_RANGE = (1900, 9000)
 
 
 def check_raw_event(event_type: str, event_data: str | None, metadata: str | None) -> str | None:
@@ -97,8 +105,8 @@ def check_raw_event(event_type: str, event_data: str | None, metadata: str | Non
     with a canonical UTC ``timestamp`` and a string-or-null ``user_id``.
     """
     try:
-        data = json.loads(event_data) if event_data is not None else None
-        meta = json.loads(metadata) if metadata is not None else None
+        data = load_json(event_data, "event_data")
+        meta = load_json(metadata, "metadata")
     except ValueError:
         return "invalid JSON"
     if not isinstance(data, dict) or not isinstance(meta, dict):
@@ -129,10 +137,40 @@ def check_raw_event(event_type: str, event_data: str | None, metadata: str | Non
     if not isinstance(stamp, str) or not _TIMESTAMP_RE.fullmatch(stamp):
         return "metadata.timestamp: missing or not canonical UTC"
     try:
-        datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
     except ValueError:
         return "metadata.timestamp: not a valid time"
+    if not YEAR_RANGE[0] <= when.year <= YEAR_RANGE[1]:
+        return "metadata.timestamp: outside the years the fold accepts"
     return None
+
+
+def load_json(text: str | None, column: str) -> Any:
+    """``json.loads`` of an ``event_data`` or ``metadata`` text, as the fold reads it.
+
+    A text nested deeper than Python's parser goes (``RecursionError``) is read the way
+    the vectorized decoder reads it: only the top-level fields the fold uses, with
+    pyarrow's strict JSON types; so the deep part of a field the fold ignores changes
+    nothing, in every batch split. Raises ``ValueError`` for text that is not JSON.
+    """
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        pass
+    if text.lstrip().startswith("null"):  # see _decode_json: pyarrow must not see this
+        raise ValueError("not a JSON object")
+    schema = _PAYLOAD_ARROW if column == "event_data" else _META_ARROW
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        line = text.replace("\n", " ").replace("\r", " ").encode("utf-8") + b"\n"
+        table = pajson.read_json(pa.BufferReader(line), parse_options=options)
+    except (UnicodeEncodeError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"not a JSON object of the fold's types: {exc}") from None
+    if table.num_rows != 1:
+        raise ValueError("not one JSON value")
+    return {key: value for key, value in table.to_pylist()[0].items() if value is not None}
 
 
 def _is_identifier(value: Any) -> bool:
@@ -176,6 +214,10 @@ def _decode_json(lines: pa.ChunkedArray | pa.Array, schema: pa.Schema, n: int) -
     """
     if n == 0:
         return pl.DataFrame(schema={f.name: pl.from_arrow(pa.array([], f.type)).dtype for f in schema})  # type: ignore[union-attr]
+    # pyarrow's reader crashes (SIGSEGV) on a document whose first value is a bare `null`;
+    # rows like that (a foreign writer's "null", or a NULL column) go the row-by-row way.
+    if not pc.all(pc.match_substring_regex(lines, r"^[ \t\r\n]*\{")).as_py():
+        return None
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
         table = pajson.read_json(pa.BufferReader(_ndjson(lines)), parse_options=options)
@@ -200,6 +242,7 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
     if n == 0:
         # An empty result carries no column types (ADBC's SQLite driver reports int64 for all).
         return _empty_frame(FRAME_SCHEMA, raw)
+    table = _without_invalid_utf8(table)
     base = pl.from_arrow(table.select(["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]))
     assert isinstance(base, pl.DataFrame)
     base = base.with_columns(
@@ -227,10 +270,7 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
         ],
         how="horizontal",
     ).with_columns(
-        pl.when(text.str.len_bytes() == 27)
-        .then(text.str.to_datetime(_TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False))
-        .otherwise(None)
-        .alias("timestamp"),
+        _parse_timestamp(text).alias("timestamp"),
         # A field that is not one of the event type's own is not part of the frame.
         *(
             pl.when(pl.col("event_type").is_in([t for t, fs in _REQUIRED.items() if name in fs]))
@@ -249,6 +289,45 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
         )
         columns += ["event_data", "metadata"]
     return frame.select(columns)
+
+
+_NOT_UTF8 = "(stored text is not valid UTF-8)"
+
+
+def _without_invalid_utf8(table: pa.Table) -> pa.Table:
+    """The table with payload or metadata texts that are not UTF-8 replaced by a non-JSON marker.
+
+    SQLite stores whatever bytes a foreign writer gives it; such a row must be malformed,
+    not a crash (polars assumes valid UTF-8). Valid batches cost one validation pass.
+    """
+    for name in ("event_data", "metadata"):
+        column = table.column(name)
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        texts = [v if v is None else _utf8_or_marker(v) for v in column.cast(pa.binary()).to_pylist()]
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(texts, pa.string()))
+    return table
+
+
+def _utf8_or_marker(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return _NOT_UTF8
+
+
+def _parse_timestamp(text: pl.Expr) -> pl.Expr:
+    """The canonical UTC text as a datetime, or null: exactly what ``check_raw_event`` accepts.
+
+    polars would also read a leap second (``23:59:60``) or a signed year (``+026-...``);
+    the text must match the pattern and format back to itself.
+    """
+    parsed = text.str.to_datetime(_TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False)
+    exact = text.str.contains(f"^{_TIMESTAMP_PATTERN}$") & (parsed.dt.strftime(_TIMESTAMP_FORMAT) == text)
+    return pl.when(exact.fill_null(False)).then(parsed).otherwise(None)
 
 
 def _empty_frame(schema: dict[str, pl.DataType], raw: bool) -> pl.DataFrame:
@@ -313,6 +392,10 @@ def _validate(frame: pl.DataFrame) -> pl.DataFrame:
             "metadata.user_id: not an identifier",
         ),
         (known & pl.col("timestamp").is_null(), "metadata.timestamp: missing or not canonical UTC"),
+        (
+            known & ~pl.col("timestamp").dt.year().is_between(*YEAR_RANGE).fill_null(True),
+            "metadata.timestamp: outside the years the fold accepts",
+        ),
     ]
     for condition, text in reversed(checks):
         reason = pl.when(condition).then(pl.lit(text)).otherwise(reason)
@@ -335,9 +418,9 @@ def _decode_row_by_row(table: pa.Table) -> tuple[pl.DataFrame, pl.DataFrame, pl.
     for event_type, data, meta in zip(types, datas, metas):
         reason = check_raw_event(event_type, data, meta) if event_type in KNOWN_EVENT_TYPES else None
         reasons.append(reason)
-        payload = _loads_object(data) if reason is None else {}
+        payload = _loads_object(data, "event_data") if reason is None else {}
         payloads.append({name: _typed(payload.get(name), dtype) for name, dtype in _PAYLOAD_WITH_TYPE.items()})
-        meta_obj = _loads_object(meta)
+        meta_obj = _loads_object(meta, "metadata")
         meta_rows.append({name: _typed(meta_obj.get(name), dtype) for name, dtype in _META_FIELDS.items()})
     return (
         pl.DataFrame(payloads, schema=_PAYLOAD_WITH_TYPE, orient="row"),
@@ -349,9 +432,9 @@ def _decode_row_by_row(table: pa.Table) -> tuple[pl.DataFrame, pl.DataFrame, pl.
 _PAYLOAD_WITH_TYPE: dict[str, pl.DataType] = {"type": pl.String(), **PAYLOAD_FIELDS}
 
 
-def _loads_object(text: str | None) -> dict[str, Any]:
+def _loads_object(text: str | None, column: str) -> dict[str, Any]:
     try:
-        value = json.loads(text) if text is not None else None
+        value = load_json(text, column)
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -402,15 +485,29 @@ _JSON_SQL = (
 )
 
 
+# Reads of at least this many positions from a SQLite file go through the reader process.
+_PROCESS_READ_MIN = 20_000
+
+
 def _query(store: EventStore, sql: str, from_position: int, to_position: int) -> pa.Table:
-    conn = _adbc_connection(store)
-    if conn is not None:
-        placeholders = ("?", "?") if store.dialect == "sqlite" else ("$1", "$2")
-        with conn.cursor() as cursor:
-            cursor.execute(sql.format(p1=placeholders[0], p2=placeholders[1]), (from_position, to_position))
-            table: pa.Table = cursor.fetch_arrow_table()
-        return table
-    # No ADBC driver for this URL (an in-memory SQLite, say): the same query through SQLAlchemy.
+    if store.dialect == "sqlite":
+        reader = _sqlite_reader(store) if to_position - from_position + 1 >= _PROCESS_READ_MIN else None
+        if reader is not None:
+            return reader.query(sql.format(p1="?", p2="?"), (from_position, to_position))
+    else:
+        try:
+            conn = _adbc_connection(store)
+            if conn is not None:
+                with conn.cursor() as cursor:
+                    cursor.execute(sql.format(p1="$1", p2="$2"), (from_position, to_position))
+                    table: pa.Table = cursor.fetch_arrow_table()
+                return table
+        except adbc_driver_manager.OperationalError as exc:
+            # The server went away (or cannot be reached): drop the dead connection so the next
+            # read reconnects, and report it as the outage it is.
+            _forget_adbc(store)
+            raise StoreUnavailableError(f"{store.url}: {str(exc).strip().splitlines()[0]}") from None
+    # Small reads, an in-memory SQLite, no ADBC driver: the same query through SQLAlchemy.
     with store.engine.connect() as sa_conn:
         result = sa_conn.execute(sa.text(sql.format(p1=":p1", p2=":p2")), {"p1": from_position, "p2": to_position})
         rows = result.all()
@@ -479,29 +576,96 @@ def _read(store: EventStore, from_position: int, to_position: int, columns: str,
     return frame.select(list(schema))
 
 
-def _adbc_connection(store: EventStore) -> Any:
-    cached = getattr(store, "_adbc", None)
-    if cached is not None:
-        return cached
-    url = store.engine.url
-    conn: Any = None
-    if store.dialect == "sqlite":
-        database = url.database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        import adbc_driver_sqlite.dbapi as adbc_sqlite
-
-        conn = adbc_sqlite.connect(database, autocommit=True)
-    elif store.dialect == "postgresql":
-        try:
-            import adbc_driver_postgresql.dbapi as adbc_pg
-        except ImportError:
-            return None
-        uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = adbc_pg.connect(uri, autocommit=True)
+def _forget_adbc(store: EventStore) -> None:
+    conn = store._adbc
+    store._adbc = None
     if conn is not None:
-        store._adbc = conn  # type: ignore[attr-defined]
+        try:
+            conn.close()
+        except Exception:  # noqa: S110 - it is dead already
+            pass
+
+
+def _adbc_connection(store: EventStore) -> Any:
+    """An in-process ADBC connection, for PostgreSQL only (see :class:`_SqliteReader`)."""
+    cached = store._adbc
+    if cached is not None or store.dialect != "postgresql":
+        return cached
+    try:
+        import adbc_driver_postgresql.dbapi as adbc_pg
+    except ImportError:
+        return None
+    uri = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = adbc_pg.connect(uri, autocommit=True)
+    store._adbc = conn
     return conn
+
+
+class _SqliteReader:
+    """Reads a SQLite file with ADBC in a child process and hands back Arrow tables.
+
+    ADBC's SQLite driver carries its own copy of SQLite. Two copies of SQLite using one
+    database file in one process can lose each other's POSIX locks (closing either copy's
+    file descriptor drops both copies' locks), which SQLite's documentation lists as a way
+    to read torn data or corrupt a database. In its own process (``progress_lab._reader``)
+    the driver's copy is just another reader, the case SQLite is built for; the tables
+    travel back as Arrow IPC streams.
+    """
+
+    def __init__(self, path: str) -> None:
+        import subprocess
+        import sys
+
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "progress_lab._reader", path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._lock = threading.Lock()
+
+    def query(self, sql: str, params: tuple[int, int]) -> pa.Table:
+        with self._lock:
+            stdin, stdout = self._process.stdin, self._process.stdout
+            assert stdin is not None and stdout is not None
+            try:
+                stdin.write(json.dumps({"sql": sql, "params": list(params)}).encode() + b"\n")
+                stdin.flush()
+                header = stdout.read(9)
+                if len(header) != 9:
+                    raise EOFError("no answer")
+                payload = stdout.read(int.from_bytes(header[1:], "little"))
+            except (EOFError, OSError) as exc:
+                raise StoreUnavailableError(f"the SQLite reader process stopped: {exc}") from None
+        if header[:1] != b"\0":
+            raise StoreUnavailableError(f"reading SQLite failed: {payload.decode(errors='replace')}")
+        return pa.ipc.open_stream(payload).read_all()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._process.stdin is not None:
+                try:
+                    self._process.stdin.close()
+                except OSError:
+                    pass
+            try:
+                self._process.wait(timeout=5)
+            except Exception:
+                self._process.kill()
+
+
+_READERS_LOCK = threading.Lock()
+
+
+def _sqlite_reader(store: EventStore) -> _SqliteReader | None:
+    database = store.engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    with _READERS_LOCK:
+        reader = store._sqlite_reader
+        if reader is None:
+            reader = _SqliteReader(database)
+            store._sqlite_reader = reader
+    return reader
 
 
 def read_events_frame(

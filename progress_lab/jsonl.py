@@ -124,7 +124,7 @@ def _parse_line(raw: bytes, *, first: bool) -> NewRecord:
         text = text[1:]
     try:
         obj = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
-    except ValueError as exc:  # JSONDecodeError, a duplicate key, NaN or Infinity
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, a duplicate key, NaN, too deep
         raise EventValidationError(f"invalid JSON: {exc}") from None
     if "\\u" in text:
         _check_encodable(obj)
@@ -182,9 +182,9 @@ def _created_at(value: Any) -> datetime | None:
         raise EventValidationError(f"created_at must be an ISO 8601 string, got {_json_type(value)}")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise EventValidationError(f"created_at is not an ISO 8601 time: {value!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00+01:00 has no UTC time
+        raise EventValidationError(f"created_at is not an ISO 8601 time in range: {value[:80]!r}") from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

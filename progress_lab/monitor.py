@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from ._schema import UTCDateTime
 from ._schema import event_store as _events
 from ._schema import projection_checkpoints as _checkpoints
-from .errors import MissingExtraError
+from .errors import MissingExtraError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from .store import EventStore
@@ -91,18 +91,22 @@ class ProjectionMonitor:
 
     def lag(self, projection: str = "progress") -> LagReport:
         """Measure one projection's lag now."""
-        with self.store.engine.connect() as conn:
-            checkpoint = conn.execute(
-                sa.select(_checkpoints.c.position).where(_checkpoints.c.name == projection)
-            ).scalar()
-            checkpoint = int(checkpoint or 0)
-            behind, oldest, head = conn.execute(
-                sa.select(
-                    sa.func.count(),
-                    sa.func.min(_events.c.created_at),
-                    sa.func.max(_events.c.global_position),
-                ).where(_events.c.global_position > checkpoint)
-            ).one()
+        try:
+            with self.store.engine.connect() as conn:
+                checkpoint = conn.execute(
+                    sa.select(_checkpoints.c.position).where(_checkpoints.c.name == projection)
+                ).scalar()
+                checkpoint = int(checkpoint or 0)
+                behind, oldest, head = conn.execute(
+                    sa.select(
+                        sa.func.count(),
+                        sa.func.min(_events.c.created_at),
+                        sa.func.max(_events.c.global_position),
+                    ).where(_events.c.global_position > checkpoint)
+                ).one()
+        except sa.exc.OperationalError as exc:  # the database is away: say so, password masked
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            raise StoreUnavailableError(f"cannot measure the lag of {projection!r}: {self.store.url}: {reason}") from None
         now = self.clock()
         age = None
         if oldest is not None:

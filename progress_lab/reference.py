@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -12,7 +11,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from .events import KNOWN_EVENT_TYPES
-from .frames import check_raw_event
+from .frames import check_raw_event, load_json
 from .projections import FoldOptions
 from .read_models import DAILY_STATS_SCHEMA, REJECTIONS_SCHEMA, USER_PROGRESS_SCHEMA
 
@@ -85,8 +84,8 @@ class ReferenceFold:
             if check_raw_event(event_type, event_data, metadata) is not None:
                 self._reject(position, event_type, "malformed")
                 continue
-            data = json.loads(event_data)  # type: ignore[arg-type]
-            meta = json.loads(metadata)  # type: ignore[arg-type]
+            data = load_json(event_data, "event_data")
+            meta = load_json(metadata, "metadata")
             when = datetime.strptime(meta["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
             reason = getattr(self, f"_on_{event_type}")(data, meta.get("user_id"), when)
             if reason is not None:

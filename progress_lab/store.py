@@ -199,6 +199,10 @@ class EventStore:
         self.snapshot_policy = snapshot_policy or SnapshotPolicy()
         self.clock = clock or _utcnow
         self.dialect = engine.dialect.name
+        # Arrow readers, opened on first use (frames.py): ADBC for PostgreSQL in-process,
+        # a reader process for SQLite files.
+        self._adbc: Any = None
+        self._sqlite_reader: Any = None
         self._write_engine = (
             engine.execution_options(sqlite_begin="IMMEDIATE") if self.dialect == "sqlite" else engine
         )
@@ -217,6 +221,10 @@ class EventStore:
         if adbc is not None:
             adbc.close()
             self._adbc = None
+        reader = getattr(self, "_sqlite_reader", None)
+        if reader is not None:
+            reader.close()
+            self._sqlite_reader = None
         self.engine.dispose()
 
     def __enter__(self) -> EventStore:
