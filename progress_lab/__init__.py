@@ -1,5 +1,6 @@
 """progress_lab: the Progress Context's event store and vectorized read-model projections."""
 
+from . import generator
 from .checkpoints import Checkpoint, CheckpointStore
 from .errors import (
     CheckpointError,
@@ -24,6 +25,7 @@ from .events import (
     Snapshot,
     UserCreated,
 )
+from .jsonl import export_jsonl, import_jsonl
 from .monitor import LagReport, LagStatus, ProjectionMonitor
 from .projections import FoldOptions, ProjectionState, fold
 from .projector import ProjectionManager, RunReport
@@ -77,4 +79,7 @@ __all__ = [
     "StoreUnavailableError",
     "UserCreated",
     "connect",
+    "export_jsonl",
+    "generator",
+    "import_jsonl",
 ]

@@ -509,9 +509,16 @@ def _query(store: EventStore, sql: str, from_position: int, to_position: int) ->
             raise StoreUnavailableError(f"{store.url}: {str(exc).strip().splitlines()[0]}") from None
     # Small reads, an in-memory SQLite, no ADBC driver: the same query through SQLAlchemy.
     with store.engine.connect() as sa_conn:
-        result = sa_conn.execute(sa.text(sql.format(p1=":p1", p2=":p2")), {"p1": from_position, "p2": to_position})
-        rows = result.all()
-        names = list(result.keys())
+        raw_texts = store.dialect == "sqlite" and "event_data" in sql
+        if raw_texts:  # a foreign writer's bytes that are not UTF-8 must not stop the read
+            sa_conn.connection.driver_connection.text_factory = _utf8_or_marker  # type: ignore[union-attr]
+        try:
+            result = sa_conn.execute(sa.text(sql.format(p1=":p1", p2=":p2")), {"p1": from_position, "p2": to_position})
+            rows = result.all()
+            names = list(result.keys())
+        finally:
+            if raw_texts:
+                sa_conn.connection.driver_connection.text_factory = str  # type: ignore[union-attr]
     columns = list(zip(*rows)) if rows else [() for _ in names]
     return pa.table(
         {

@@ -236,11 +236,12 @@ class ProjectionState:
                 "ignored": self.ignored,
                 "latest": None if self.latest is None else self.latest.isoformat(),
             }
-            archive.writestr("state.json", json.dumps(meta))
-            for name in ("users", "days", "items", "sessions", "session_items", "rejected"):
+            # Fixed entry dates and sorted rows: the same state always gives the same bytes.
+            archive.writestr(zipfile.ZipInfo("state.json", _ZIP_DATE), json.dumps(meta))
+            for name, keys in _SORT_KEYS.items():
                 part = io.BytesIO()
-                getattr(self, name).write_ipc(part)
-                archive.writestr(f"{name}.arrow", part.getvalue())
+                getattr(self, name).sort(keys).write_ipc(part)
+                archive.writestr(zipfile.ZipInfo(f"{name}.arrow", _ZIP_DATE), part.getvalue(), zipfile.ZIP_DEFLATED, 1)
         return buffer.getvalue()
 
     @classmethod
@@ -272,6 +273,17 @@ class ProjectionState:
             latest=None if meta["latest"] is None else datetime.fromisoformat(meta["latest"]),
             **frames,
         )
+
+
+_ZIP_DATE = (2000, 1, 1, 0, 0, 0)
+_SORT_KEYS: dict[str, list[str]] = {
+    "users": ["user_id"],
+    "days": ["user_id", "date"],
+    "items": ["user_id", "item_id"],
+    "sessions": ["session_id"],
+    "session_items": ["session_id", "item_id"],
+    "rejected": ["global_position"],
+}
 
 
 def _accuracy() -> pl.Expr:
