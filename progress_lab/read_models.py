@@ -8,7 +8,6 @@ from typing import Any
 
 import polars as pl
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ._schema import daily_stats as _daily
 from ._schema import user_progress as _progress
@@ -63,16 +62,31 @@ def _frame(rows: Sequence[Any], schema: dict[str, pl.DataType]) -> pl.DataFrame:
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, frame: pl.DataFrame, keys: list[str]) -> int:
-    """Insert rows, or update them where the key exists; one executemany, bound values."""
+    """Insert rows, or update them where the key exists: one driver-level executemany.
+
+    Values are bound parameters, converted in polars to what each driver stores (SQLite
+    keeps dates and times as the same text SQLAlchemy writes), so no dict per row is made.
+    """
     if frame.height == 0:
         return 0
-    dialect = conn.dialect.name
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    columns = [c for c in frame.columns if c not in keys]
-    statement = insert.on_conflict_do_update(
-        index_elements=keys, set_={c: insert.excluded[c] for c in columns}
+    sqlite = conn.dialect.name == "sqlite"
+    columns = list(frame.columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+    marker = "?" if sqlite else "%s"
+    statement = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(marker for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
     )
-    conn.execute(statement, frame.to_dicts())
+    if sqlite:
+        frame = frame.with_columns(
+            *(pl.col(c).dt.strftime("%Y-%m-%d") for c, t in frame.schema.items() if t == pl.Date),
+            *(
+                pl.col(c).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.6f")
+                for c, t in frame.schema.items()
+                if isinstance(t, pl.Datetime)
+            ),
+        )
+    conn.exec_driver_sql(statement, frame.rows())
     return frame.height
 
 
