@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import sqlalchemy as sa
 
-from .errors import StoreUnavailableError
+from .errors import EventStoreError, StoreUnavailableError
 from .events import FIELDS_BY_TYPE, KNOWN_EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -302,13 +302,17 @@ def _without_invalid_utf8(table: pa.Table) -> pa.Table:
     """
     for name in ("event_data", "metadata"):
         column = table.column(name)
+        if pa.types.is_null(column.type):
+            column = column.cast(pa.string())
         try:
-            column.validate(full=True)
-            continue
+            if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+                column = column.cast(pa.string())  # a cast to text checks UTF-8
+            else:
+                column.validate(full=True)
         except pa.ArrowInvalid:
-            pass
-        texts = [v if v is None else _utf8_or_marker(v) for v in column.cast(pa.binary()).to_pylist()]
-        table = table.set_column(table.schema.get_field_index(name), name, pa.array(texts, pa.string()))
+            texts = [v if v is None else _utf8_or_marker(v) for v in column.cast(pa.binary()).to_pylist()]
+            column = pa.chunked_array([pa.array(texts, pa.string())])
+        table = table.set_column(table.schema.get_field_index(name), name, column)
     return table
 
 
@@ -479,10 +483,22 @@ def _typed_sql(columns: str) -> str:
     )
 
 
+# SQLite keeps whatever bytes a foreign writer stored: read the texts as bytes, so that a
+# row that is not UTF-8 becomes malformed (decode_frame) instead of failing the batch.
 _JSON_SQL = (
-    "SELECT global_position, event_id, stream_id, stream_version, event_type, created_at, event_data, metadata "
-    "FROM event_store WHERE global_position >= {p1} AND global_position <= {p2} {extra} ORDER BY global_position"
+    "SELECT global_position, event_id, stream_id, stream_version, event_type, created_at, "
+    "{texts} FROM event_store WHERE global_position >= {p1} AND global_position <= {p2} {extra} "
+    "ORDER BY global_position"
 )
+
+
+def _json_sql(store: EventStore, extra: str) -> str:
+    texts = (
+        "CAST(event_data AS BLOB) AS event_data, CAST(metadata AS BLOB) AS metadata"
+        if store.dialect == "sqlite"
+        else "event_data, metadata"
+    )
+    return _JSON_SQL.replace("{texts}", texts).replace("{extra}", extra)
 
 
 # Reads of at least this many positions from a SQLite file go through the reader process.
@@ -491,7 +507,10 @@ _PROCESS_READ_MIN = 20_000
 
 def _query(store: EventStore, sql: str, from_position: int, to_position: int) -> pa.Table:
     if store.dialect == "sqlite":
-        reader = _sqlite_reader(store) if to_position - from_position + 1 >= _PROCESS_READ_MIN else None
+        large = to_position - from_position + 1 >= _PROCESS_READ_MIN
+        if large and to_position > 2**40:  # "to the end": size the read by the real head
+            large = store.head_position() - from_position + 1 >= _PROCESS_READ_MIN
+        reader = _sqlite_reader(store) if large else None
         if reader is not None:
             return reader.query(sql.format(p1="?", p2="?"), (from_position, to_position))
     else:
@@ -566,7 +585,7 @@ def _read(store: EventStore, from_position: int, to_position: int, columns: str,
     frame = _from_typed(typed, columns)
     untyped = frame.filter(pl.col("typed") == 0)
     if raw:
-        texts = decode_frame(_query(store, _JSON_SQL.replace("{extra}", ""), from_position, to_position), raw=True)
+        texts = decode_frame(_query(store, _json_sql(store, ""), from_position, to_position), raw=True)
         if untyped.height:
             frame = texts
         else:
@@ -575,7 +594,7 @@ def _read(store: EventStore, from_position: int, to_position: int, columns: str,
     if untyped.height:
         # Rows other tools wrote: decode their JSON text (and validate it as strictly).
         decoded = decode_frame(
-            _query(store, _JSON_SQL.replace("{extra}", "AND typed IS NULL"), from_position, to_position)
+            _query(store, _json_sql(store, "AND typed IS NULL"), from_position, to_position)
         )
         frame = pl.concat([frame.filter(pl.col("typed") == 1).select(list(schema)), decoded.select(list(schema))]).sort(
             "global_position"
@@ -644,7 +663,11 @@ class _SqliteReader:
             except (EOFError, OSError) as exc:
                 raise StoreUnavailableError(f"the SQLite reader process stopped: {exc}") from None
         if header[:1] != b"\0":
-            raise StoreUnavailableError(f"reading SQLite failed: {payload.decode(errors='replace')}")
+            message = payload.decode(errors="replace")
+            # Only a busy or unreachable file is worth retrying; anything else is a real error.
+            transient = any(word in message.lower() for word in ("locked", "busy", "unable to open"))
+            error = StoreUnavailableError if transient else EventStoreError
+            raise error(f"reading SQLite failed: {message}")
         return pa.ipc.open_stream(payload).read_all()
 
     def close(self) -> None:

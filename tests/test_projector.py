@@ -229,3 +229,43 @@ def test_monitor_reads_critical_when_stopped_and_normal_when_idle(db_url: str) -
     assert history["status"].to_list() == ["Normal", "Normal", "Critical", "Normal"]
     assert history["events_behind"].to_list() == [0, 1, 2, 0]
     assert str(stale).endswith("Critical")
+
+
+def test_large_sqlite_reads_with_foreign_corrupt_rows_equal_reference(sqlite_url: str) -> None:
+    """Reads of 20,000+ positions go through the reader process; corrupt rows stay malformed there."""
+    import sqlite3
+
+    store = plab.connect(sqlite_url)
+    load_generated(store, users=40, days=40, seed=13)
+    head = store.head_position()
+    assert head >= 20_000
+    path = sqlite_url.removeprefix("sqlite:///")
+    foreign = sqlite3.connect(path)
+    columns = "global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, created_at"
+    meta = '{"user_id":null,"timestamp":"2026-01-10T00:00:00.000000Z"}'
+    foreign.executemany(
+        f"INSERT INTO event_store ({columns}) VALUES (?, ?, ?, 1, ?, ?, ?, '2026-01-10 00:00:00.000000')",
+        [
+            (head + 1, "f1", "foreign-1", "UserCreated", b'{"type":"UserCreated","user_id":"\xff\xfe"}', meta),
+            (head + 2, "f2", "foreign-2", "SessionCompleted", '{"type":"SessionCompleted",', meta),
+            (head + 3, "f3", "foreign-3", "UserCreated", '{"type":"UserCreated","user_id":"foreign"}', meta),
+        ],
+    )
+    foreign.commit()
+    frame = store.events_frame()
+    assert frame.height == head + 3
+    malformed = frame.filter(pl.col("malformed").is_not_null())["global_position"].to_list()
+    assert malformed == [head + 1, head + 2]
+    manager = plab.ProjectionManager(store, progress=False)
+    manager.run_once()
+    # The reference fold reads the same rows; bytes that are not UTF-8 are not JSON text.
+    foreign.text_factory = lambda b: b.decode("utf-8", errors="replace")
+    rows = foreign.execute(
+        "SELECT global_position, event_type, event_data, metadata FROM event_store ORDER BY global_position"
+    ).fetchall()
+    as_text = [(p, t, d.decode("utf-8", errors="replace") if isinstance(d, bytes) else d, m) for p, t, d, m in rows]
+    rows = [(p, t, d if "\ufffd" not in d else "not json", m) for p, t, d, m in as_text]
+    reference = plab.ReferenceFold().fold(rows)
+    assert_frame_equal(manager.user_progress_repository.all(), reference.user_progress())
+    assert_frame_equal(manager.rejections(), reference.rejections())
+    assert reference.rejections()["reason"].to_list().count("malformed") == 2
