@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import adbc_driver_manager
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -216,7 +217,7 @@ def _decode_json(lines: pa.ChunkedArray | pa.Array, schema: pa.Schema, n: int) -
         return pl.DataFrame(schema={f.name: pl.from_arrow(pa.array([], f.type)).dtype for f in schema})  # type: ignore[union-attr]
     # pyarrow's reader crashes (SIGSEGV) on a document whose first value is a bare `null`;
     # rows like that (a foreign writer's "null", or a NULL column) go the row-by-row way.
-    if not pc.all(pc.match_substring_regex(lines, r"^[ \t\r\n]*\{")).as_py():
+    if not pc.all(pc.starts_with(lines, "{")).as_py():  # others (rare) are checked row by row
         return None
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
@@ -330,7 +331,9 @@ def _parse_timestamp(text: pl.Expr) -> pl.Expr:
     the text must match the pattern and format back to itself.
     """
     parsed = text.str.to_datetime(_TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False)
-    exact = text.str.contains(f"^{_TIMESTAMP_PATTERN}$") & (parsed.dt.strftime(_TIMESTAMP_FORMAT) == text)
+    # Formatting back gives ASCII digits, four-digit years and no leap second: a text that
+    # survives the round trip is exactly the canonical form.
+    exact = parsed.dt.strftime(_TIMESTAMP_FORMAT) == text
     return pl.when(exact.fill_null(False)).then(parsed).otherwise(None)
 
 
@@ -341,13 +344,18 @@ def _empty_frame(schema: dict[str, pl.DataType], raw: bool) -> pl.DataFrame:
 def _lines(column: pa.ChunkedArray) -> pa.Array:
     """The JSON texts as one NDJSON document: each text on one line, ending in a newline."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    array = pc.fill_null(array.cast(pa.large_string()), "null")
-    # A raw line break is only whitespace in JSON text (inside strings it must be
-    # escaped), so it can become a space; most logs have none, so look before copying.
-    for brk in ("\n", "\r"):
-        if pc.any(pc.greater(pc.count_substring(array, brk), 0)).as_py():
+    array = array.cast(pa.large_string())
+    if array.null_count:
+        array = pc.fill_null(array, "null")
+    lines = pc.binary_join_element_wise(array, pa.scalar("", pa.large_string()), pa.scalar("\n", pa.large_string()))
+    # A raw line break is only whitespace in JSON text (inside strings it must be escaped),
+    # so it may become a space. The store never writes one; count them in one pass.
+    data = np.frombuffer(_ndjson(lines), dtype=np.uint8)
+    if np.count_nonzero(data == 10) != len(array) or np.count_nonzero(data == 13):
+        for brk in ("\n", "\r"):
             array = pc.replace_substring(array, brk, " ")
-    return pc.binary_join_element_wise(array, pa.scalar("", pa.large_string()), pa.scalar("\n", pa.large_string()))
+        lines = pc.binary_join_element_wise(array, pa.scalar("", pa.large_string()), pa.scalar("\n", pa.large_string()))
+    return lines
 
 
 def _as_utc(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
