@@ -17,16 +17,13 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 from _common import ROOT, describe_machine, peak_rss_mb, print_table, timer, write_results
 
 import progress_lab as plab
-from progress_lab.events import EventMetadata
 from progress_lab.frames import _query, decode_frame
 from progress_lab.generator import estimate_events, generate_events
-from progress_lab.store import NewRecord
 
 CACHE = ROOT / "bench" / "cache"
 DAYS = 60
@@ -44,17 +41,7 @@ def build_log(path: Path, events: int, seed: int = 1) -> dict[str, float]:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
     users = max(1, -(-events // max(1, estimate_events(1, DAYS))))
     store = plab.connect(f"sqlite:///{path}")
-    records = (
-        NewRecord(
-            e["stream_id"],
-            e["event_type"],
-            e["event_data"],
-            EventMetadata.model_validate(e["metadata"]),
-            e["event_id"],
-            datetime.fromisoformat(e["created_at"]),
-        )
-        for e in generate_events(users=users, days=DAYS, seed=seed)
-    )
+    records = (plab.record_from_dict(e) for e in generate_events(users=users, days=DAYS, seed=seed))
     with timer() as t:
         count = store.append_records(records)
     store.close()

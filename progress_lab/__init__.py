@@ -25,7 +25,7 @@ from .events import (
     Snapshot,
     UserCreated,
 )
-from .jsonl import export_jsonl, import_jsonl
+from .jsonl import export_jsonl, import_jsonl, record_from_dict
 from .monitor import LagReport, LagStatus, ProjectionMonitor
 from .projections import FoldOptions, ProjectionState, fold
 from .projector import ProjectionManager, RunReport
@@ -82,4 +82,5 @@ __all__ = [
     "export_jsonl",
     "generator",
     "import_jsonl",
+    "record_from_dict",
 ]

@@ -24,7 +24,7 @@ from .events import (
 )
 from .store import EventStore, NewRecord
 
-__all__ = ["import_jsonl", "export_jsonl"]
+__all__ = ["record_from_dict", "import_jsonl", "export_jsonl"]
 
 _REQUIRED_KEYS = ("stream_id", "event_type", "event_data", "metadata")
 _OPTIONAL_KEYS = ("event_id", "created_at")
@@ -128,6 +128,22 @@ def _parse_line(raw: bytes, *, first: bool) -> NewRecord:
         raise EventValidationError(f"invalid JSON: {exc}") from None
     if "\\u" in text:
         _check_encodable(obj)
+    return record_from_dict(obj)
+
+
+def record_from_dict(obj: Any) -> NewRecord:
+    """Validate one event in the import format (a parsed JSONL line) and make its record.
+
+    The keys are ``stream_id``, ``event_type``, ``event_data``, ``metadata`` and,
+    optionally, ``event_id`` and ``created_at``: what :func:`export_jsonl` writes and
+    :mod:`progress_lab.generator` yields. Feed the records to
+    :meth:`EventStore.append_records`.
+
+    Raises
+    ------
+    EventValidationError
+        When a key is missing or unknown, or the event or its metadata is invalid.
+    """
     if not isinstance(obj, dict):
         raise EventValidationError(f"expected a JSON object, got {_json_type(obj)}")
     unknown = sorted(set(obj) - _ALLOWED_KEYS)

@@ -6,7 +6,6 @@ import os
 
 import pytest
 import sqlalchemy as sa
-
 from pg_server import create_database, drop_database, find_pg_bindir, unique_database_name
 
 

@@ -26,18 +26,7 @@ SOAK = os.environ.get("PROGRESS_LAB_SOAK") == "1"
 
 def load_generated(store: plab.EventStore, users: int, days: int, seed: int) -> int:
     """Append a generated log to the store, in its own order."""
-    records = (
-        NewRecord(
-            e["stream_id"],
-            e["event_type"],
-            e["event_data"],
-            plab.EventMetadata.model_validate(e["metadata"]),
-            e["event_id"],
-            datetime.fromisoformat(e["created_at"].replace("Z", "+00:00")),
-        )
-        for e in generate_events(users=users, days=days, seed=seed)
-    )
-    return store.append_records(records)
+    return store.append_records(plab.record_from_dict(e) for e in generate_events(users=users, days=days, seed=seed))
 
 
 def raw_log(store: plab.EventStore) -> list[tuple[int, str, str, str]]:

@@ -146,17 +146,7 @@ def assert_read_models_match_prefix(store: plab.EventStore, position: int) -> No
 
 
 def generated_records(users: int, days: int, seed: int) -> list[NewRecord]:
-    return [
-        NewRecord(
-            e["stream_id"],
-            e["event_type"],
-            e["event_data"],
-            plab.EventMetadata.model_validate(e["metadata"]),
-            e["event_id"],
-            datetime.fromisoformat(e["created_at"].replace("Z", "+00:00")),
-        )
-        for e in generate_events(users=users, days=days, seed=seed)
-    ]
+    return [plab.record_from_dict(e) for e in generate_events(users=users, days=days, seed=seed)]
 
 
 def stream_batches(users: int, days: int, seed: int, size: int = 8) -> list[tuple[str, list[tuple[dict[str, Any], dict[str, Any]]]]]:
