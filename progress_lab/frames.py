@@ -177,11 +177,7 @@ def load_json(text: str | None, column: str) -> Any:
 def _is_identifier(value: Any) -> bool:
     if not isinstance(value, str) or not 1 <= len(value) <= 256 or "\x00" in value:
         return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from "\ud800"
-        return False
-    return True
+    return _utf8(value)  # not a lone surrogate from "\ud800"
 
 
 def _ndjson(column: pa.ChunkedArray | pa.Array) -> pa.Buffer:
@@ -284,10 +280,9 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
     frame = _validate(frame).with_columns(pl.coalesce("python_reason", "malformed").alias("malformed"))
     columns = list(FRAME_SCHEMA)
     if raw:
-        frame = frame.with_columns(
-            pl.Series("event_data", table.column("event_data").to_pylist(), dtype=pl.String),
-            pl.Series("metadata", table.column("metadata").to_pylist(), dtype=pl.String),
-        )
+        texts = pl.from_arrow(table.select(["event_data", "metadata"]))
+        assert isinstance(texts, pl.DataFrame)
+        frame = pl.concat([frame, texts.cast(pl.String)], how="horizontal")
         columns += ["event_data", "metadata"]
     return frame.select(columns)
 

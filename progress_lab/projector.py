@@ -191,8 +191,7 @@ class ProjectionManager:
                     if write:
                         self._commit(state, new)
                         self._state = new
-                        last = index + 1 == len(ranges)
-                        if self._snapshot_due(new.position, last):
+                        if self.snapshot_policy.is_due(self._last_snapshot, new.position):
                             self._save_snapshot(new)
                             snapshots += 1
                     bar.update(end - state.position)
@@ -217,12 +216,8 @@ class ProjectionManager:
         )
         return _FoldResult(state, report)
 
-    def _snapshot_due(self, position: int, last_batch: bool) -> bool:
-        # Checked after each batch: a snapshot once `every` positions have passed since the
-        # last one (so at most one per batch). The checkpoint, not the snapshot, is what makes
-        # a crash safe; snapshots only shorten restarts.
-        return self.snapshot_policy.is_due(self._last_snapshot, position)
-
+    # Snapshots are checked after each batch (so at most one per batch); the checkpoint,
+    # not the snapshot, is what makes a crash safe: snapshots only shorten restarts.
     def _save_snapshot(self, state: ProjectionState) -> None:
         self.store.save_snapshot(
             Snapshot(stream_id=self.snapshot_stream, version=state.position, state=state.to_bytes()),
