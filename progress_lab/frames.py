@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import adbc_driver_manager
@@ -636,17 +640,24 @@ class _SqliteReader:
     ADBC's SQLite driver carries its own copy of SQLite. Two copies of SQLite using one
     database file in one process can lose each other's POSIX locks (closing either copy's
     file descriptor drops both copies' locks), which SQLite's documentation lists as a way
-    to read torn data or corrupt a database. In its own process (``progress_lab._reader``)
-    the driver's copy is just another reader, the case SQLite is built for; the tables
-    travel back as Arrow IPC streams.
+    to read torn data or corrupt a database. In its own process (``progress_lab/_reader.py``)
+    the driver's copy is just another reader, the case SQLite is built for. Each result
+    comes back as an Arrow IPC file in shared memory (``/dev/shm`` where there is one),
+    memory-mapped here and unlinked at once: no copy through a pipe.
     """
 
     def __init__(self, path: str) -> None:
         import subprocess
         import sys
+        import tempfile
 
+        shm = Path("/dev/shm")
+        self._dir = tempfile.mkdtemp(prefix="progress_lab-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
+        self._count = 0
+        # Run as a file with -P, not with -m: importing the progress_lab package would
+        # cost the child a second of start-up for modules it does not use.
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "progress_lab._reader", path],
+            [sys.executable, "-P", str(Path(__file__).with_name("_reader.py")), path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -656,22 +667,30 @@ class _SqliteReader:
         with self._lock:
             stdin, stdout = self._process.stdin, self._process.stdout
             assert stdin is not None and stdout is not None
+            self._count += 1
+            out = os.path.join(self._dir, f"{self._count}.arrow")
             try:
-                stdin.write(json.dumps({"sql": sql, "params": list(params)}).encode() + b"\n")
+                stdin.write(json.dumps({"sql": sql, "params": list(params), "out": out}).encode() + b"\n")
                 stdin.flush()
                 header = stdout.read(9)
                 if len(header) != 9:
                     raise EOFError("no answer")
                 payload = stdout.read(int.from_bytes(header[1:], "little"))
             except (EOFError, OSError) as exc:
+                _unlink(out)
                 raise StoreUnavailableError(f"the SQLite reader process stopped: {exc}") from None
         if header[:1] != b"\0":
+            _unlink(out)
             message = payload.decode(errors="replace")
             # Only a busy or unreachable file is worth retrying; anything else is a real error.
             transient = any(word in message.lower() for word in ("locked", "busy", "unable to open"))
             error = StoreUnavailableError if transient else EventStoreError
             raise error(f"reading SQLite failed: {message}")
-        return pa.ipc.open_stream(payload).read_all()
+        try:
+            # The mapping outlives the unlinked file; the memory goes with the table.
+            return pa.ipc.open_file(pa.memory_map(out)).read_all()
+        finally:
+            _unlink(out)
 
     def close(self) -> None:
         with self._lock:
@@ -684,6 +703,12 @@ class _SqliteReader:
                 self._process.wait(timeout=5)
             except Exception:
                 self._process.kill()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 _READERS_LOCK = threading.Lock()

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -73,7 +73,15 @@ class ProjectionManager:
         When to snapshot the fold state; defaults to the store's policy.
     progress
         Show a progress bar: ``None`` (default) shows one only on a terminal.
+
+    Snapshots are written by a background thread, after the batch they capture has
+    committed, so they never hold up the read models. A catch-up takes one at its end
+    when the policy is due; a long one also takes one every :attr:`snapshot_span`
+    positions, except in its last stretch of that length.
     """
+
+    #: Positions between the snapshots taken in the middle of one long catch-up.
+    snapshot_span: int = 1_000_000
 
     def __init__(
         self,
@@ -99,6 +107,8 @@ class ProjectionManager:
         self.last_error: str | None = None
         self._state: ProjectionState | None = None
         self._last_snapshot = 0
+        self._snapshot_writer: ThreadPoolExecutor | None = None
+        self._snapshot_pending: Future[None] | None = None
         self._stop = threading.Event()
 
     @property
@@ -145,14 +155,23 @@ class ProjectionManager:
     # -- catching up ---------------------------------------------------------------------
 
     def run_once(self, *, until: int | None = None) -> RunReport:
-        """Catch up from the checkpoint to the head of the log (or ``until``); return what was done."""
+        """Catch up from the checkpoint to the head of the log (or ``until``); return what was done.
+
+        It returns once the snapshots it took are saved too.
+        """
+        try:
+            return self._catch_up(until)
+        finally:
+            self.wait_for_snapshot()
+
+    def _catch_up(self, until: int | None = None) -> RunReport:
         state = self.state
         head = self.store.head_position() if until is None else until
-        result = self._fold_range(state, head, write=True)
-        return result.report
+        return self._fold_range(state, head, write=True).report
 
     def rebuild(self) -> RunReport:
         """Drop the read models, checkpoint and snapshots of this projection, then replay from position 1."""
+        self.wait_for_snapshot()  # a snapshot still being written must not outlive the rebuild
         with self.store.transaction(lock_appends=False) as conn:
             self.user_progress_repository.clear(conn)
             self.daily_stats_repository.clear(conn)
@@ -191,8 +210,7 @@ class ProjectionManager:
                     if write:
                         self._commit(state, new)
                         self._state = new
-                        if self.snapshot_policy.is_due(self._last_snapshot, new.position):
-                            self._save_snapshot(new)
+                        if self._snapshot_due(new.position, head) and self._start_snapshot(new):
                             snapshots += 1
                     bar.update(end - state.position)
                     state = new
@@ -216,14 +234,49 @@ class ProjectionManager:
         )
         return _FoldResult(state, report)
 
-    # Snapshots are checked after each batch (so at most one per batch); the checkpoint,
-    # not the snapshot, is what makes a crash safe: snapshots only shorten restarts.
-    def _save_snapshot(self, state: ProjectionState) -> None:
-        self.store.save_snapshot(
-            Snapshot(stream_id=self.snapshot_stream, version=state.position, state=state.to_bytes()),
-            self.snapshot_policy,
+    # -- snapshots ---------------------------------------------------------------------------
+    # The checkpoint, not the snapshot, is what makes a crash safe: snapshots only shorten
+    # restarts, so they are taken after the commit, in the background, and a failed one is
+    # a warning.
+
+    def _snapshot_due(self, position: int, head: int) -> bool:
+        if not self.snapshot_policy.is_due(self._last_snapshot, position):
+            return False
+        return position >= head or (
+            position - self._last_snapshot >= self.snapshot_span and head - position >= self.snapshot_span
         )
-        self._last_snapshot = state.position
+
+    def _start_snapshot(self, state: ProjectionState) -> bool:
+        """Save ``state`` as a snapshot in the background, unless one is still being written."""
+        if self._snapshot_pending is not None and not self._snapshot_pending.done():
+            return False
+        self.wait_for_snapshot()
+        if self._snapshot_writer is None:
+            self._snapshot_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-snapshot")
+        previous, self._last_snapshot = self._last_snapshot, state.position
+        self._snapshot_pending = self._snapshot_writer.submit(self._save_snapshot, state, previous)
+        return True
+
+    def _save_snapshot(self, state: ProjectionState, previous: int) -> None:
+        try:
+            self.store.save_snapshot(
+                Snapshot(stream_id=self.snapshot_stream, version=state.position, state=state.to_bytes()),
+                self.snapshot_policy,
+            )
+        except Exception:
+            if self._last_snapshot == state.position:
+                self._last_snapshot = previous  # due again at the next batch
+            raise
+
+    def wait_for_snapshot(self) -> None:
+        """Wait until the snapshot being written (if any) is saved; a failure is logged."""
+        pending, self._snapshot_pending = self._snapshot_pending, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception as exc:
+            log.warning("projection %s: snapshot not saved: %s", self.name, exc)
 
     def _commit(self, old: ProjectionState, new: ProjectionState) -> None:
         # A new default as_of changes every user's streak, not only the users of the batch.
@@ -270,7 +323,7 @@ class ProjectionManager:
         try:
             while not stop_event.is_set():
                 try:
-                    report = self.run_once()
+                    report = self._catch_up()  # snapshots finish in the background meanwhile
                 except (StoreUnavailableError, CheckpointError, sa.exc.OperationalError) as exc:
                     self.last_error = str(exc)
                     log.warning("projection %s: %s; retrying in %.1f s", self.name, exc, backoff)
@@ -289,6 +342,7 @@ class ProjectionManager:
                 else:
                     stop_event.wait(poll_interval)
         finally:
+            self.wait_for_snapshot()
             if listener is not None:
                 listener.close()
 
