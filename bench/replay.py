@@ -83,6 +83,23 @@ def replicate_log(base: Path, target: Path, copies: int) -> int:
     return head
 
 
+def scaled_log(base: Path, base_events: int, size: int, cache: Path) -> tuple[Path, str]:
+    """The log of at least ``size`` events made of copies of the base log (cached: about 0.95 GB per million)."""
+    copies = -(-size // base_events)
+    if copies <= 1:
+        return base, "the base log"
+    target = cache / f"scaled_{size}.db"
+    if target.exists():
+        store = plab.connect(f"sqlite:///{target}")
+        head = store.head_position()
+        store.close()
+        if head == copies * base_events:
+            return target, "cached"
+    with timer() as t:
+        replicate_log(base, target, copies)
+    return target, f"built in {t['seconds']:.0f} s"
+
+
 def replay_in_child(path: Path, batch_size: int) -> dict[str, float]:
     """Rebuild the read models of the log at ``path`` in a fresh process; its time and peak RSS."""
     output = subprocess.run(
@@ -154,6 +171,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=250_000, help="projector batch size")
     parser.add_argument("--scaling", default="", help="comma-separated log sizes for a scaling series, e.g. 1000000,5000000,10000000")
     parser.add_argument("--cache", type=Path, default=CACHE, help="folder for the generated SQLite files")
+    parser.add_argument("--build-only", action="store_true", help="only build (and cache) the logs, measure nothing")
     parser.add_argument("--child-replay", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_replay:
@@ -165,6 +183,13 @@ def main() -> None:
     base = args.cache / f"log_{args.events}.db"
     loaded = build_log(base, args.events)
     print(f"log: {loaded['events']:,} events in {base.relative_to(ROOT) if base.is_relative_to(ROOT) else base}")
+
+    sizes = [int(s) for s in args.scaling.split(",") if s.strip()]
+    if args.build_only:
+        for size in sizes:
+            path, built = scaled_log(base, loaded["events"], size, args.cache)
+            print(f"  {path.name}: {built}", flush=True)
+        return
 
     replay = replay_in_child(base, args.batch_size)
     replay_row = {
@@ -187,12 +212,8 @@ def main() -> None:
     print(f"\nvectorized / reference: {folds['ratio']:.1f}x faster; results identical: {folds['identical']}")
 
     scaling = []
-    for size in [int(s) for s in args.scaling.split(",") if s.strip()]:
-        copies = -(-size // loaded["events"])
-        target = args.cache / f"scaled_{size}.db"
-        with timer() as t:
-            events = replicate_log(base, target, copies) if copies > 1 else loaded["events"]
-        path = target if copies > 1 else base
+    for size in sizes:
+        path, built = scaled_log(base, loaded["events"], size, args.cache)
         result = replay_in_child(path, args.batch_size)
         scaling.append(
             {
@@ -203,10 +224,7 @@ def main() -> None:
                 "peak RSS MB": result["peak_rss_mb"],
             }
         )
-        print(f"  built {events:,} events in {t['seconds']:.0f} s; replayed in {result['seconds']:.1f} s", flush=True)
-        if path != base:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        print(f"  {path.name} ({built}): replayed in {result['seconds']:.1f} s", flush=True)
     if scaling:
         print_table("Scaling (copies of the base log with disjoint learners)", scaling)
 

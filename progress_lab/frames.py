@@ -18,7 +18,6 @@ import adbc_driver_manager
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pajson
 import sqlalchemy as sa
 
@@ -184,19 +183,6 @@ def _is_identifier(value: Any) -> bool:
     return _utf8(value)  # not a lone surrogate from "\ud800"
 
 
-def _ndjson(column: pa.ChunkedArray | pa.Array) -> pa.Buffer:
-    # Rows arrive as Arrow strings that already end in "\n": their value buffer *is*
-    # an NDJSON document, so no Python object is made per event.
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    array = array.cast(pa.large_string())
-    offsets = array.buffers()[1]
-    start, end = (
-        int.from_bytes(offsets[(array.offset + i) * 8 : (array.offset + i + 1) * 8], "little", signed=True)
-        for i in (0, len(array))
-    )
-    return array.buffers()[2][start:end]
-
-
 def _arrow_schema(fields: dict[str, pl.DataType]) -> pa.Schema:
     kinds = {pl.String(): pa.string(), pl.Int64(): pa.int64(), pl.Float64(): pa.float64()}
     return pa.schema([(name, kinds[dtype]) for name, dtype in fields.items()])
@@ -206,8 +192,8 @@ _PAYLOAD_ARROW = _arrow_schema({"type": pl.String(), **PAYLOAD_FIELDS})
 _META_ARROW = _arrow_schema(_META_FIELDS)
 
 
-def _decode_json(lines: pa.ChunkedArray | pa.Array, schema: pa.Schema, n: int) -> pl.DataFrame | None:
-    """Decode NDJSON with a fixed schema, or ``None`` when any row breaks it.
+def _decode_json(lines: pa.Buffer | None, schema: pa.Schema, n: int) -> pl.DataFrame | None:
+    """Decode NDJSON (see :func:`_lines`) with a fixed schema, or ``None`` when any row breaks it.
 
     pyarrow's reader is strict about JSON types (a number where a string is expected
     is an error, unlike polars, which would quietly make it text), so a batch that
@@ -215,13 +201,13 @@ def _decode_json(lines: pa.ChunkedArray | pa.Array, schema: pa.Schema, n: int) -
     """
     if n == 0:
         return pl.DataFrame(schema={f.name: pl.from_arrow(pa.array([], f.type)).dtype for f in schema})  # type: ignore[union-attr]
-    # pyarrow's reader crashes (SIGSEGV) on a document whose first value is a bare `null`;
-    # rows like that (a foreign writer's "null", or a NULL column) go the row-by-row way.
-    if not pc.all(pc.starts_with(lines, "{")).as_py():  # others (rare) are checked row by row
+    # Only documents of objects get here: pyarrow's reader crashes (SIGSEGV) on a document
+    # whose first value is a bare `null` (apache/arrow#47409).
+    if lines is None:
         return None
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
-        table = pajson.read_json(pa.BufferReader(_ndjson(lines)), parse_options=options)
+        table = pajson.read_json(pa.BufferReader(lines), parse_options=options)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     if table.num_rows != n:
@@ -323,38 +309,43 @@ def _utf8_or_marker(value: bytes) -> str:
         return _NOT_UTF8
 
 
-def _parse_timestamp(text: pl.Expr) -> pl.Expr:
-    """The canonical UTC text as a datetime, or null: exactly what ``check_raw_event`` accepts.
+# The canonical form with the clock fields in range, for polars (whose parser would also
+# read a leap second, ``23:59:60``); the calendar is checked by parsing.
+_CANONICAL_TIMESTAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z$"
 
-    polars would also read a leap second (``23:59:60``) or a signed year (``+026-...``);
-    the text must match the pattern and format back to itself.
-    """
+
+def _parse_timestamp(text: pl.Expr) -> pl.Expr:
+    """The canonical UTC text as a datetime, or null: exactly what ``check_raw_event`` accepts."""
     parsed = text.str.to_datetime(_TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False)
-    # Formatting back gives ASCII digits, four-digit years and no leap second: a text that
-    # survives the round trip is exactly the canonical form.
-    exact = parsed.dt.strftime(_TIMESTAMP_FORMAT) == text
-    return pl.when(exact.fill_null(False)).then(parsed).otherwise(None)
+    return pl.when(text.str.contains(_CANONICAL_TIMESTAMP).fill_null(False)).then(parsed).otherwise(None)
 
 
 def _empty_frame(schema: dict[str, pl.DataType], raw: bool) -> pl.DataFrame:
     return pl.DataFrame(schema={**schema, **({"event_data": pl.String(), "metadata": pl.String()} if raw else {})})
 
 
-def _lines(column: pa.ChunkedArray) -> pa.Array:
-    """The JSON texts as one NDJSON document: each text on one line, ending in a newline."""
+def _lines(column: pa.ChunkedArray) -> pa.Buffer | None:
+    """The JSON texts as one NDJSON document, or ``None`` when that cannot be done safely.
+
+    Each text becomes a line (a newline byte inserted after it, one vectorized copy). A
+    text that is not an object (``null``, a number, empty) or that holds a raw line break
+    (JSON allows one between tokens, never inside a string) could not be told apart from
+    its neighbours in one document, and such batches (rare: foreign writers) are checked
+    row by row instead.
+    """
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     array = array.cast(pa.large_string())
     if array.null_count:
-        array = pc.fill_null(array, "null")
-    lines = pc.binary_join_element_wise(array, pa.scalar("", pa.large_string()), pa.scalar("\n", pa.large_string()))
-    # A raw line break is only whitespace in JSON text (inside strings it must be escaped),
-    # so it may become a space. The store never writes one; count them in one pass.
-    data = np.frombuffer(_ndjson(lines), dtype=np.uint8)
-    if np.count_nonzero(data == 10) != len(array) or np.count_nonzero(data == 13):
-        for brk in ("\n", "\r"):
-            array = pc.replace_substring(array, brk, " ")
-        lines = pc.binary_join_element_wise(array, pa.scalar("", pa.large_string()), pa.scalar("\n", pa.large_string()))
-    return lines
+        return None
+    n = len(array)
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + n + 1]
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    starts, ends = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
+    if np.any(ends <= starts) or np.any(data[starts] != ord("{")):
+        return None
+    if np.count_nonzero(data == ord("\n")) or np.count_nonzero(data == ord("\r")):
+        return None
+    return pa.py_buffer(np.insert(data, ends, ord("\n")))
 
 
 def _as_utc(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:

@@ -633,6 +633,9 @@ _START = '{"type":"SessionStarted","session_id":"s1","user_id":"u1","item_count"
         ("SessionStarted", "[]", _GOOD_META),
         ("SessionStarted", '{"type":"SessionStarted","session_id":"s1","user_id":5,"item_count":3}', _GOOD_META),
         ("SessionStarted", '{"type":"SessionStarted","session_id":"","user_id":"u1","item_count":3}', _GOOD_META),
+        # A raw line break inside a string is not JSON (it must be escaped).
+        ("SessionStarted", '{"type":"SessionStarted","session_id":"s\n1","user_id":"u1","item_count":3}', _GOOD_META),
+        ("SessionStarted", _START % "3", '{"user_id":null,"timestamp":"2026-01-01T00:00:00.000000Z\r"}'),
     ],
 )
 def test_corrupt_rows_are_malformed(event_type: str, data: str | None, meta: str | None) -> None:
@@ -640,6 +643,15 @@ def test_corrupt_rows_are_malformed(event_type: str, data: str | None, meta: str
     for folded in both([good, (2, event_type, data, meta)]):
         assert folded.rejections().rows() == [(2, event_type, "malformed")]
         assert folded.user_progress()["last_updated"].to_list() == [datetime(2026, 1, 1, tzinfo=UTC)]
+
+
+def test_line_breaks_between_json_tokens_are_whitespace() -> None:
+    started = (2, "SessionStarted", '{"type":"SessionStarted",\n"session_id":"s1",\r\n"user_id":"u1","item_count":3}\n',
+               '{\n"user_id":null,"timestamp":"2026-01-02T00:00:00.000000Z"}')
+    good = session_started(1, "s0", "u1", 2, ts("2026-01-01T00:00"))
+    reference, state = both([good, started])
+    assert reference.rejections().height == state.rejections().height == 0
+    assert state.sessions.sort("session_id")["session_id"].to_list() == ["s0", "s1"]
 
 
 _FIRST_ROW_CHILD = """
