@@ -117,6 +117,10 @@ _STATE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "session_items": {"session_id": pl.String(), "item_id": pl.String()},
     "rejections": REJECTIONS_SCHEMA,
 }
+_FOLD_COLUMNS = [
+    "global_position", "event_type", "timestamp", "metadata_user_id", "user_id", "session_id", "item_id",
+    "item_count", "duration_seconds", "new_interval",
+]
 _TOTALS = ["sessions_completed", "duration_seconds", "correct_items", "item_count"]
 _DAY_COUNTS = [*_TOTALS, "items_learned", "items_reviewed", "new_mastery_count"]
 
@@ -366,7 +370,10 @@ def fold(
     kind = pl.col("event_type")
     pos = pl.col("global_position")
     ignored = batch.filter(~known).height
-    ev = batch.filter(known & pl.col("malformed").is_null()).with_columns(o.study_day_expr("timestamp").alias("day"))
+    # Only the columns the statistics read travel through the joins below.
+    ev = batch.filter(known & pl.col("malformed").is_null()).select(
+        *_FOLD_COLUMNS, o.study_day_expr("timestamp").alias("day")
+    )
     reject_frames = [
         batch.filter(known & pl.col("malformed").is_not_null()).select(
             "global_position", "event_type", pl.lit("malformed").alias("reason")
@@ -415,6 +422,8 @@ def fold(
     )
     in_session = (
         ev.filter(kind.is_in(["CorrectAnswerGiven", "SessionCompleted"]))
+        .select("global_position", "event_type", "timestamp", "day", "metadata_user_id", "session_id", "item_id",
+                "duration_seconds")
         .join(info, on="session_id", how="left")
         .with_columns(
             pl.col("prev_started").fill_null(False),
