@@ -153,6 +153,8 @@ class ProjectionState:
     changed_days: pl.DataFrame = field(
         default_factory=lambda: pl.DataFrame(schema={"user_id": pl.String(), "date": pl.Date()})
     )
+    # ``events_folded`` when the frames' text buffers were last compacted (see _compact).
+    compacted_at: int = field(default=0, repr=False, compare=False)
 
     # -- read models -------------------------------------------------------------------
 
@@ -589,18 +591,43 @@ def fold(
         latest = batch_latest.astimezone(UTC)
 
     rejections = pl.concat([state.rejected, *reject_frames]).sort("global_position")
+    frames = {
+        "users": users,
+        "days": days,
+        "items": items,
+        "sessions": sessions,
+        "session_items": session_items,
+        "rejected": rejections,
+    }
+    events_folded = state.events_folded + batch.height
+    compacted_at = state.compacted_at
+    if events_folded - compacted_at >= COMPACT_EVERY:
+        frames = {name: _compact(frame) for name, frame in frames.items()}
+        compacted_at = events_folded
     return ProjectionState(
         options=o,
         position=int(batch["global_position"][-1]),
-        events_folded=state.events_folded + batch.height,
+        events_folded=events_folded,
         ignored=state.ignored + ignored,
         latest=latest,
-        users=users,
-        days=days,
-        items=items,
-        sessions=sessions,
-        session_items=session_items,
-        rejected=rejections,
         changed_users=user_delta.select("user_id"),
         changed_days=day_delta.select("user_id", "date"),
+        compacted_at=compacted_at,
+        **frames,
     )
+
+
+#: Events folded between two compactions of the state's text columns.
+COMPACT_EVERY = 1_000_000
+
+
+def _compact(frame: pl.DataFrame) -> pl.DataFrame:
+    """The frame with its text columns copied into buffers of their own.
+
+    polars keeps long strings in shared buffers: a column filtered or joined out of a
+    batch still refers to the batch's whole buffer, so a state built batch by batch would
+    keep every batch's text alive (measured: 1.7 GB after 5M events for ~70 MB of state).
+    Concatenating an empty string writes fresh buffers holding only the rows' own text.
+    """
+    strings = [name for name, dtype in frame.schema.items() if dtype == pl.String]
+    return frame.with_columns(pl.col(name) + "" for name in strings) if strings else frame

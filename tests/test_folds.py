@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from unittest.mock import patch
 
 import polars as pl
 import pytest
@@ -48,6 +49,7 @@ from strategies import (
 
 from progress_lab.events import KNOWN_EVENT_TYPES  # noqa: E402
 from progress_lab.frames import check_raw_event, frame_from_raw  # noqa: E402
+from progress_lab import projections  # noqa: E402
 from progress_lab.projections import FoldOptions, ProjectionState, fold  # noqa: E402
 from progress_lab.read_models import DAILY_STATS_SCHEMA, REJECTIONS_SCHEMA, USER_PROGRESS_SCHEMA  # noqa: E402
 from progress_lab.reference import ReferenceFold  # noqa: E402
@@ -174,9 +176,13 @@ def test_incremental_fold_equals_full_fold(drawn: tuple[Log, FoldOptions, list[i
     log, options, cuts = drawn
     full = vectorized(log.rows, options)
     state: ProjectionState | None = None
-    for part in split(log.rows, cuts):
-        state = fold(frame_from_raw(part), state, options=options)
+    # Compacting the state's text buffers after every batch (normally every million
+    # events) must change nothing.
+    with patch.object(projections, "COMPACT_EVERY", 1):
+        for part in split(log.rows, cuts):
+            state = fold(frame_from_raw(part), state, options=options)
     assert state is not None
+    assert state.compacted_at == state.events_folded
     assert_same(full, state, log.base + timedelta(days=as_of_offset))
 
 
