@@ -277,7 +277,13 @@ class ProjectionState:
             events_folded=meta["events_folded"],
             ignored=meta["ignored"],
             latest=None if meta["latest"] is None else datetime.fromisoformat(meta["latest"]),
-            **frames,
+            users=frames["users"],
+            days=frames["days"],
+            items=frames["items"],
+            sessions=frames["sessions"],
+            session_items=frames["session_items"],
+            rejected=frames["rejected"],
+            compacted_at=meta["events_folded"],  # frames read from IPC own their buffers
         )
 
 
@@ -613,7 +619,12 @@ def fold(
         changed_users=user_delta.select("user_id"),
         changed_days=day_delta.select("user_id", "date"),
         compacted_at=compacted_at,
-        **frames,
+        users=frames["users"],
+        days=frames["days"],
+        items=frames["items"],
+        sessions=frames["sessions"],
+        session_items=frames["session_items"],
+        rejected=frames["rejected"],
     )
 
 
