@@ -364,31 +364,35 @@ def _validate(frame: pl.DataFrame) -> pl.DataFrame:
     """Add ``malformed``: why a known event cannot be folded (null when it can).
 
     Expects ``timestamp`` (null when missing or not canonical), ``data_type`` (the
-    ``type`` inside the payload), ``metadata_user_id`` and the payload fields.
+    ``type`` inside the payload), ``metadata_user_id`` and the payload fields. The reason
+    is the first failed check in :func:`check_raw_event`'s order; each field is checked
+    once, and a batch with nothing wrong (the usual case) skips naming reasons.
     """
-    reason: pl.Expr = pl.lit(None, dtype=pl.String)
-    checks: list[tuple[pl.Expr, str]] = []
-    for event_type, fields in _REQUIRED.items():
-        is_type = pl.col("event_type") == event_type
-        for name in fields:
-            value = pl.col(name)
-            if name in _ID_FIELDS:
-                bad = value.is_null() | ~_identifier(value)
-                text = f"event_data.{name}: missing or not an identifier"
-            elif name in _INT_RANGE:
-                low, high = _INT_RANGE[name]
-                bad = value.is_null() | ~value.is_between(low, high)
-                text = f"event_data.{name}: missing, not an integer or out of range"
-            else:
-                low_f, high_f = _FLOAT_RANGE[name]
-                lower_ok = value > low_f if name == "easiness_factor" else value >= low_f
-                bad = value.is_null() | ~value.is_finite() | ~lower_ok | (value > high_f)
-                text = f"event_data.{name}: missing, not a finite number or out of range"
-            checks.append((is_type & bad.fill_null(True), text))
+    field_bad: dict[str, pl.Expr] = {}
+    field_text: dict[str, str] = {}
+    for name in PAYLOAD_FIELDS:
+        value = pl.col(name)
+        if name in _ID_FIELDS:
+            bad = value.is_null() | ~_identifier(value)
+            field_text[name] = f"event_data.{name}: missing or not an identifier"
+        elif name in _INT_RANGE:
+            low, high = _INT_RANGE[name]
+            bad = value.is_null() | ~value.is_between(low, high)
+            field_text[name] = f"event_data.{name}: missing, not an integer or out of range"
+        else:
+            low_f, high_f = _FLOAT_RANGE[name]
+            lower_ok = value > low_f if name == "easiness_factor" else value >= low_f
+            bad = value.is_null() | ~value.is_finite() | ~lower_ok | (value > high_f)
+            field_text[name] = f"event_data.{name}: missing, not a finite number or out of range"
+        field_bad[name] = bad.fill_null(True).alias(f"_bad_{name}")
     known = pl.col("event_type").is_in(KNOWN_EVENT_TYPES)
-    checks = [
+    checks: list[tuple[pl.Expr, str]] = [
         (known & (pl.col("data_type") != pl.col("event_type")).fill_null(True), "event_data.type differs from event_type"),
-        *checks,
+        *(
+            ((pl.col("event_type") == event_type) & pl.col(f"_bad_{name}"), field_text[name])
+            for event_type, fields in _REQUIRED.items()
+            for name in fields
+        ),
         (
             known & pl.col("metadata_user_id").is_not_null() & ~_identifier(pl.col("metadata_user_id")),
             "metadata.user_id: not an identifier",
@@ -399,10 +403,13 @@ def _validate(frame: pl.DataFrame) -> pl.DataFrame:
             "metadata.timestamp: outside the years the fold accepts",
         ),
     ]
-    for condition, text in reversed(checks):
-        reason = pl.when(condition).then(pl.lit(text)).otherwise(reason)
-    frame = frame.with_columns(reason.alias("malformed"))
-    return frame
+    flagged = frame.with_columns(*field_bad.values())
+    flagged = flagged.with_columns(pl.any_horizontal(condition for condition, _ in checks).alias("_bad"))
+    reason: pl.Expr = pl.lit(None, dtype=pl.String)
+    if flagged["_bad"].any():
+        for condition, text in reversed(checks):
+            reason = pl.when(condition).then(pl.lit(text)).otherwise(reason)
+    return flagged.with_columns(reason.alias("malformed")).drop("_bad", *(f"_bad_{name}" for name in field_bad))
 
 
 def _decode_row_by_row(table: pa.Table) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
