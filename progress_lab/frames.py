@@ -327,7 +327,7 @@ def _empty_frame(schema: dict[str, pl.DataType], raw: bool) -> pl.DataFrame:
 def _lines(column: pa.ChunkedArray) -> pa.Buffer | None:
     """The JSON texts as one NDJSON document, or ``None`` when that cannot be done safely.
 
-    Each text becomes a line (a newline byte inserted after it, one vectorized copy). A
+    Each text becomes a line (polars joins them with newlines in one copy). A
     text that is not an object (``null``, a number, empty) or that holds a raw line break
     (JSON allows one between tokens, never inside a string) could not be told apart from
     its neighbours in one document, and such batches (rare: foreign writers) are checked
@@ -345,7 +345,11 @@ def _lines(column: pa.ChunkedArray) -> pa.Buffer | None:
         return None
     if np.count_nonzero(data == ord("\n")) or np.count_nonzero(data == ord("\r")):
         return None
-    return pa.py_buffer(np.insert(data, ends, ord("\n")))
+    joined = pl.from_arrow(array)
+    assert isinstance(joined, pl.Series)
+    text = joined.str.join("\n").to_arrow(compat_level=pl.CompatLevel.oldest())
+    first, last = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + 2]
+    return text.buffers()[2][first:last]
 
 
 def _as_utc(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
