@@ -88,6 +88,7 @@ FOLD_SCHEMA: dict[str, pl.DataType] = {
 # Which fields each known event type must carry (its own fields: the others are null in
 # the frame), and their ranges; mirrors events.py.
 _REQUIRED = FIELDS_BY_TYPE
+_TYPE_CODES = {event_type: code for code, event_type in enumerate(_REQUIRED)}
 _INT_RANGE = {"item_count": (0, 1_000_000), "duration_seconds": (0, 1_000_000_000), "quality": (0, 5)}
 _FLOAT_RANGE = {"new_interval": (0.0, 1_000_000.0), "easiness_factor": (0.0, 1000.0)}
 _ID_FIELDS = ("user_id", "session_id", "item_id")
@@ -258,15 +259,17 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
         how="horizontal",
     ).with_columns(
         _parse_timestamp(text).alias("timestamp"),
+        pl.col("event_type").replace_strict(_TYPE_CODES, default=-1, return_dtype=pl.Int8).alias("_type"),
+    ).with_columns(
         # A field that is not one of the event type's own is not part of the frame.
         *(
-            pl.when(pl.col("event_type").is_in([t for t, fs in _REQUIRED.items() if name in fs]))
+            pl.when(pl.col("_type").is_in([_TYPE_CODES[t] for t, fs in _REQUIRED.items() if name in fs]))
             .then(pl.col(name))
             .otherwise(None)
             .alias(name)
             for name in PAYLOAD_FIELDS
         ),
-    )
+    ).drop("_type")
     frame = _validate(frame).with_columns(pl.coalesce("python_reason", "malformed").alias("malformed"))
     columns = list(FRAME_SCHEMA)
     if raw:
