@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import threading
+import weakref
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -656,8 +657,8 @@ class _SqliteReader:
         import sys
         import tempfile
 
-        shm = Path("/dev/shm")
-        self._dir = tempfile.mkdtemp(prefix="progress_lab-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
+        self._dir = tempfile.mkdtemp(prefix="progress_lab-", dir=_shared_memory_dir())
+        weakref.finalize(self, shutil.rmtree, self._dir, True)  # also for a store never closed
         self._count = 0
         # Run as a file with -P, not with -m: importing the progress_lab package would
         # cost the child a second of start-up for modules it does not use.
@@ -709,6 +710,17 @@ class _SqliteReader:
             except Exception:
                 self._process.kill()
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _shared_memory_dir(min_free: int = 2 << 30) -> str | None:
+    """``/dev/shm`` when it is writable and roomy (containers often give it 64 MB), else ``None``
+    (the system's temporary folder: slower, but results still arrive through the page cache)."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    roomy = stats.f_bavail * stats.f_frsize >= min_free
+    return "/dev/shm" if roomy and os.access("/dev/shm", os.W_OK) else None
 
 
 def _unlink(path: str) -> None:

@@ -258,3 +258,26 @@ def test_large_sqlite_reads_with_foreign_corrupt_rows_equal_reference(sqlite_url
     assert_frame_equal(manager.user_progress_repository.all(), reference.user_progress())
     assert_frame_equal(manager.rejections(), reference.rejections())
     assert reference.rejections()["reason"].to_list().count("malformed") == 2
+
+
+def test_reader_process_results_are_the_same_without_shared_memory(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader process hands results over in /dev/shm, or in the temporary folder when that is small."""
+    from progress_lab import frames
+
+    store = plab.connect(sqlite_url)
+    load_generated(store, users=40, days=40, seed=5)
+    assert store.head_position() >= frames._PROCESS_READ_MIN
+    in_memory = store.events_frame()
+    in_shm = store._sqlite_reader
+    assert in_shm is not None
+    store.close()
+
+    monkeypatch.setattr(frames, "_shared_memory_dir", lambda: None)
+    store = plab.connect(sqlite_url)
+    on_disk = store.events_frame()
+    reader = store._sqlite_reader
+    assert reader is not None and not reader._dir.startswith("/dev/shm")
+    assert_frame_equal(on_disk, in_memory)
+    assert os.listdir(reader._dir) == []  # every result file is unlinked once mapped
+    store.close()
+    assert not os.path.exists(reader._dir)
