@@ -196,7 +196,7 @@ class ProjectionManager:
             disable=True if self.progress is False else (None if self.progress is None else False),
             leave=False,
         )
-        ranges = [(a, min(a + self.batch_size - 1, head)) for a in range(start + 1, head + 1, self.batch_size)]
+        ranges = _batch_ranges(start + 1, head, self.batch_size)
         # Reading the next batch (Arrow, outside the GIL) overlaps folding and writing this one.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-read") as reader:
             pending = reader.submit(read_fold_frame, self.store, *ranges[0]) if ranges else None
@@ -372,6 +372,19 @@ class ProjectionManager:
         return pl.DataFrame(
             rows, schema={"global_position": pl.Int64, "event_type": pl.String, "reason": pl.String}, orient="row"
         )
+
+
+def _batch_ranges(first: int, last: int, size: int) -> list[tuple[int, int]]:
+    """Position ranges of at most ``size``; a long catch-up starts with an eighth of one,
+    so that folding starts while the reader is still on the second batch."""
+    if last < first:
+        return []
+    ranges = []
+    if last - first + 1 > size and size >= 8:
+        ranges.append((first, first + size // 8 - 1))
+        first += size // 8
+    ranges += [(a, min(a + size - 1, last)) for a in range(first, last + 1, size)]
+    return ranges
 
 
 @dataclass(frozen=True)
