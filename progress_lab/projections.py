@@ -456,13 +456,12 @@ def fold(
     rejected(answers.filter("late"), "answer_after_completion")
     answers = answers.filter(~pl.col("late"))
 
-    answered = pl.concat(
-        [state.session_items.join(touched, on="session_id", how="semi"), answers.select("session_id", "item_id")]
-    ).unique()
+    done = completed.select("session_id")
     correct = (
-        answered.join(completed.select("session_id"), on="session_id", how="semi")
+        pl.concat([state.session_items, answers.select("session_id", "item_id")])
+        .join(done, on="session_id", how="semi")
         .group_by("session_id")
-        .agg(pl.len().cast(pl.Int64).alias("correct"))
+        .agg(pl.col("item_id").n_unique().cast(pl.Int64).alias("correct"))
     )
     started_before = pl.col("prev_started") | (pl.col("start_pos") < pos).fill_null(False)
     completed = completed.join(correct, on="session_id", how="left").with_columns(
@@ -497,8 +496,8 @@ def fold(
     sessions = pl.concat([state.sessions.join(updated, on="session_id", how="anti"), updated.cast(_STATE_SCHEMAS["sessions"])])  # type: ignore[arg-type]
     session_items = (
         pl.concat([state.session_items, answers.select("session_id", "item_id")])
+        .join(done, on="session_id", how="anti")  # first: most sessions complete in their batch
         .unique()
-        .join(completed.select("session_id"), on="session_id", how="anti")
     )
 
     # -- reviews: each compared with the review before it, in this batch or the state --
@@ -506,30 +505,37 @@ def fold(
     # when that row is the same item: cheaper than windows over two string keys.
     same_as_above = (pl.col("user_id") == pl.col("user_id").shift(1)) & (pl.col("item_id") == pl.col("item_id").shift(1))
     same_as_below = (pl.col("user_id") == pl.col("user_id").shift(-1)) & (pl.col("item_id") == pl.col("item_id").shift(-1))
-    reviews = (
+    ordered = (
         ev.filter(kind == "ReviewProcessed")
         .select("global_position", "user_id", "item_id", "timestamp", "day", o.mastery_expr("new_interval").alias("mastery"))
-        .join(state.items.rename({"mastery": "state_mastery"}), on=["user_id", "item_id"], how="left")
-        .sort("user_id", "item_id", "global_position")
+        .sort("user_id", "item_id", maintain_order=True)  # a stable sort: positions stay in order
         .with_columns(
             (~same_as_above.fill_null(False)).alias("first_in_batch"),
             (~same_as_below.fill_null(False)).alias("last_in_batch"),
             pl.col("mastery").shift(1).alias("batch_previous"),
         )
-        .with_columns(
-            pl.when("first_in_batch").then(pl.col("state_mastery")).otherwise(pl.col("batch_previous")).alias("previous"),
-        )
-        .with_columns(
-            (pl.col("first_in_batch") & pl.col("state_mastery").is_null()).alias("learned"),
-            ((pl.col("mastery") == 3) & (pl.col("previous").is_null() | (pl.col("previous") != 3))).alias("mastered"),
-        )
+    )
+    # Only an item's first review in the batch looks up the state (null: never reviewed).
+    review_columns = ["user_id", "item_id", "timestamp", "day", "mastery", "last_in_batch", "previous", "learned"]
+    reviews = pl.concat(
+        [
+            ordered.filter("first_in_batch")
+            .join(state.items.rename({"mastery": "previous"}), on=["user_id", "item_id"], how="left")
+            .with_columns(pl.col("previous").is_null().alias("learned"))
+            .select(review_columns),
+            ordered.filter(~pl.col("first_in_batch"))
+            .with_columns(pl.col("batch_previous").alias("previous"), pl.lit(False).alias("learned"))
+            .select(review_columns),
+        ]
+    ).with_columns(
+        ((pl.col("mastery") == 3) & (pl.col("previous").is_null() | (pl.col("previous") != 3))).alias("mastered")
     )
     latest_review = reviews.filter("last_in_batch").select("user_id", "item_id", "mastery")
     items = pl.concat([state.items.join(latest_review, on=["user_id", "item_id"], how="anti"), latest_review])
     newly_answered = (
         answers.select(pl.col("attributed").alias("user_id"), "item_id")
+        .join(items, on=["user_id", "item_id"], how="anti")  # first: most answered items are reviewed
         .unique()
-        .join(items, on=["user_id", "item_id"], how="anti")
         .with_columns(pl.lit(None, dtype=pl.Int8).alias("mastery"))
     )
     items = pl.concat([items, newly_answered])
