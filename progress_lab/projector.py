@@ -76,11 +76,13 @@ class ProjectionManager:
 
     Snapshots are written by a background thread, after the batch they capture has
     committed, so they never hold up the read models. A catch-up takes one at its end
-    when the policy is due; a long one also takes one every :attr:`snapshot_span`
-    positions, except in its last stretch of that length.
+    when the policy is due; a long one also takes them on the way, once the positions
+    since the last snapshot reach both :attr:`snapshot_span` and the last snapshot's own
+    position (at 1M, 2M, 4M, ... in a rebuild: a snapshot's cost grows with the state),
+    except in the catch-up's last :attr:`snapshot_span` positions.
     """
 
-    #: Positions between the snapshots taken in the middle of one long catch-up.
+    #: The least number of positions between snapshots taken in the middle of a catch-up.
     snapshot_span: int = 1_000_000
 
     def __init__(
@@ -160,14 +162,14 @@ class ProjectionManager:
         It returns once the snapshots it took are saved too.
         """
         try:
-            return self._catch_up(until)
+            return self._catch_up(until, skip_busy_snapshots=False)
         finally:
             self.wait_for_snapshot()
 
-    def _catch_up(self, until: int | None = None) -> RunReport:
+    def _catch_up(self, until: int | None = None, *, skip_busy_snapshots: bool) -> RunReport:
         state = self.state
         head = self.store.head_position() if until is None else until
-        return self._fold_range(state, head, write=True).report
+        return self._fold_range(state, head, write=True, skip_busy_snapshots=skip_busy_snapshots).report
 
     def rebuild(self) -> RunReport:
         """Drop the read models, checkpoint and snapshots of this projection, then replay from position 1."""
@@ -182,7 +184,9 @@ class ProjectionManager:
         self._last_snapshot = 0
         return self.run_once()
 
-    def _fold_range(self, state: ProjectionState, head: int, *, write: bool) -> _FoldResult:
+    def _fold_range(
+        self, state: ProjectionState, head: int, *, write: bool, skip_busy_snapshots: bool = False
+    ) -> _FoldResult:
         start = state.position
         started = time.perf_counter()
         before_rejected = state.rejected.height
@@ -210,7 +214,8 @@ class ProjectionManager:
                     if write:
                         self._commit(state, new)
                         self._state = new
-                        if self._snapshot_due(new.position, head) and self._start_snapshot(new):
+                        due = self._snapshot_due(new.position, head)
+                        if due and self._start_snapshot(new, skip_if_busy=skip_busy_snapshots):
                             snapshots += 1
                     bar.update(end - state.position)
                     state = new
@@ -242,13 +247,19 @@ class ProjectionManager:
     def _snapshot_due(self, position: int, head: int) -> bool:
         if not self.snapshot_policy.is_due(self._last_snapshot, position):
             return False
-        return position >= head or (
-            position - self._last_snapshot >= self.snapshot_span and head - position >= self.snapshot_span
-        )
+        # Mid-way, the gap grows with the log (1M, 2M, 4M, ...): a snapshot costs time in
+        # proportion to the state, so their total cost stays a fixed share of the replay.
+        gap = max(self.snapshot_span, self._last_snapshot)
+        return position >= head or (position - self._last_snapshot >= gap and head - position >= self.snapshot_span)
 
-    def _start_snapshot(self, state: ProjectionState) -> bool:
-        """Save ``state`` as a snapshot in the background, unless one is still being written."""
-        if self._snapshot_pending is not None and not self._snapshot_pending.done():
+    def _start_snapshot(self, state: ProjectionState, *, skip_if_busy: bool) -> bool:
+        """Save ``state`` as a snapshot in the background.
+
+        When one is still being written, ``run_forever`` skips this one (the next batch
+        will be due again) rather than wait; ``run_once`` waits, so that its snapshots
+        fall at the same positions in every run.
+        """
+        if skip_if_busy and self._snapshot_pending is not None and not self._snapshot_pending.done():
             return False
         self.wait_for_snapshot()
         if self._snapshot_writer is None:
@@ -323,7 +334,7 @@ class ProjectionManager:
         try:
             while not stop_event.is_set():
                 try:
-                    report = self._catch_up()  # snapshots finish in the background meanwhile
+                    report = self._catch_up(skip_busy_snapshots=True)  # snapshots finish in the background
                 except (StoreUnavailableError, CheckpointError, sa.exc.OperationalError) as exc:
                     self.last_error = str(exc)
                     log.warning("projection %s: %s; retrying in %.1f s", self.name, exc, backoff)

@@ -281,3 +281,20 @@ def test_reader_process_results_are_the_same_without_shared_memory(sqlite_url: s
     assert os.listdir(reader._dir) == []  # every result file is unlinked once mapped
     store.close()
     assert not os.path.exists(reader._dir)
+
+
+def test_a_long_catch_up_snapshots_on_the_way_at_growing_spacings(sqlite_url: str) -> None:
+    store = plab.connect(sqlite_url)
+    head = load_generated(store, users=22, days=30, seed=2)
+    assert head == 10_140
+    policy = plab.SnapshotPolicy(every=100, keep=10)
+    manager = plab.ProjectionManager(store, batch_size=500, snapshot_policy=policy, progress=False)
+    manager.snapshot_span = 1_000
+    report = manager.rebuild()
+    # Batches end at 62 (an eighth of a batch first), 562, 1,062, 1,562, ... Mid-way, a
+    # snapshot needs 1,000 positions and the last snapshot's own position since the last:
+    # 1,062, then >= 2,124 (2,562), then >= 5,124 (5,562), then >= 11,124 (none); then the end.
+    versions = sorted(s.version for s in store.list_snapshots(manager.snapshot_stream))
+    assert versions == [1_062, 2_562, 5_562, head] and report.snapshots == 4
+    for snapshot in store.list_snapshots(manager.snapshot_stream):
+        assert plab.ProjectionState.from_bytes(snapshot.state).position == snapshot.version
