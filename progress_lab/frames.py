@@ -476,22 +476,33 @@ def _utf8(value: str) -> bool:
     return True
 
 
-_MIN_INT = "(-9223372036854775807 - 1)"  # SQLite reads a bare -9223372036854775808 as a float
 # ADBC's SQLite driver takes a column's type from its first rows, so a column that starts
-# with NULLs would be read as int64; non-null stand-ins keep every column's type stable.
-_SENTINEL = {pl.String(): "''", pl.Int64(): _MIN_INT, pl.Float64(): "-1.0"}
+# with NULLs would be read as int64 and fail at its first text. On SQLite the query starts
+# with one row of stand-ins of the right types, dropped
+# on arrival (its position is the lowest integer, so it sorts first whatever a foreign
+# writer stored); SQLite merges it in front of the rowid scan without sorting.
+_TYPE_ROW = {pl.String(): "''", pl.Int64(): "0", pl.Float64(): "0.0"}
+_LOWEST = "(-9223372036854775807 - 1)"  # sorts first; SQLite reads a bare -9223372036854775808 as a float
 
 
-def _typed_sql(columns: str) -> str:
+def _typed_columns(columns: str) -> list[tuple[str, pl.DataType]]:
     fold = [("occurred_at_us", pl.Int64()), ("metadata_user_id", pl.String()), *PAYLOAD_FIELDS.items()]
     if columns == "all":
         fold += [("correlation_id", pl.String()), ("causation_id", pl.String())]
-    selected = ["global_position", "event_type", "COALESCE(typed, 0) AS typed"]
-    selected += [f"COALESCE({name}, {_SENTINEL[dtype]}) AS {name}" for name, dtype in fold]
-    if columns == "all":
-        selected += ["event_id", "stream_id", "stream_version", "created_at"]
+        fold += [("event_id", pl.String()), ("stream_id", pl.String()), ("stream_version", pl.Int64())]
+        fold += [("created_at", pl.String())]
+    return [("global_position", pl.Int64()), ("event_type", pl.String()), ("typed", pl.Int64()), *fold]
+
+
+def _typed_sql(columns: str, type_row: bool) -> str:
+    names = [name for name, _ in _typed_columns(columns)]
+    first = ""
+    if type_row:
+        stand_ins = [_TYPE_ROW[dtype] if name != "global_position" else _LOWEST for name, dtype in _typed_columns(columns)]
+        first = "SELECT " + ", ".join(f"{value} AS {name}" for value, (name, _) in zip(stand_ins, _typed_columns(columns)))
+        first += " UNION ALL "
     return (
-        f"SELECT {', '.join(selected)} FROM event_store "
+        f"{first}SELECT {', '.join(names)} FROM event_store "
         "WHERE global_position >= {p1} AND global_position <= {p2} ORDER BY global_position"
     )
 
@@ -566,33 +577,29 @@ def _query(store: EventStore, sql: str, from_position: int, to_position: int) ->
 
 
 def _from_typed(table: pa.Table, columns: str) -> pl.DataFrame:
-    """The frame of rows progress_lab wrote, from their typed columns (stand-ins back to null)."""
+    """The frame of rows progress_lab wrote, from their typed columns."""
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    strings = ["metadata_user_id", *(n for n, t in PAYLOAD_FIELDS.items() if t == pl.String())]
-    if columns == "all":
-        strings += ["correlation_id", "causation_id"]
-    ints = ["occurred_at_us", *(n for n, t in PAYLOAD_FIELDS.items() if t == pl.Int64())]
-    floats = [n for n, t in PAYLOAD_FIELDS.items() if t == pl.Float64()]
+    types = dict(_typed_columns(columns))
     frame = frame.with_columns(
-        pl.col("global_position").cast(pl.Int64),
-        *(pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in strings),
-        *(pl.when(pl.col(c) == -(2**63)).then(None).otherwise(pl.col(c)).cast(pl.Int64).alias(c) for c in ints),
-        *(pl.when(pl.col(c) == -1.0).then(None).otherwise(pl.col(c)).cast(pl.Float64).alias(c) for c in floats),
+        *(pl.col(name).cast(dtype) for name, dtype in types.items() if name != "created_at"),
     ).with_columns(
+        pl.col("typed").fill_null(0),
         pl.col("occurred_at_us").cast(_UTC).alias("timestamp"),
         pl.col("event_type").alias("data_type"),
     )
     if columns == "all":
-        frame = frame.with_columns(
-            pl.col("stream_version").cast(pl.Int64), _as_utc(pl.col("created_at"), frame.schema["created_at"])
-        )
+        frame = frame.with_columns(_as_utc(pl.col("created_at"), frame.schema["created_at"]))
     return _validate(frame)
 
 
 def _read(store: EventStore, from_position: int, to_position: int, columns: str, raw: bool) -> pl.DataFrame:
     schema = FRAME_SCHEMA if columns == "all" else FOLD_SCHEMA
-    typed = _query(store, _typed_sql(columns), from_position, to_position)
+    type_row = store.dialect == "sqlite"
+    typed = _query(store, _typed_sql(columns, type_row), from_position, to_position)
+    if type_row:
+        assert typed.num_rows and typed.column("global_position")[0].as_py() == -(2**63), "the stand-in row first"
+        typed = typed.slice(1)
     if typed.num_rows == 0:
         return _empty_frame(schema, raw)
     frame = _from_typed(typed, columns)
