@@ -475,7 +475,13 @@ def test_racing_writers_exactly_one_wins(db_url: str) -> None:
             barrier = threading.Barrier(2)
             outcomes: list[Any] = [None, None]
 
-            def write(n: int) -> None:
+            def write(
+                n: int,
+                barrier: threading.Barrier = barrier,
+                outcomes: list[Any] = outcomes,
+                stream: str = stream,
+                expected: int = expected,
+            ) -> None:
                 barrier.wait()
                 try:
                     outcomes[n] = stores[n].append_events(stream, [review(f"w{n}"), review(f"w{n}")], expected)
