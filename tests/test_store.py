@@ -517,6 +517,21 @@ def test_append_of_100_000_events_in_one_call(store: EventStore) -> None:
     assert [(e.global_position, e.stream_version, e.event_data["item_id"]) for e in last] == [(100_000, 100_000, "i49")]
 
 
+def test_fold_fields_by_type_agree_with_fields_by_type() -> None:
+    # fold_fields is spelt out per type for speed; FIELDS_BY_TYPE is the definition.
+    from progress_lab.events import _FLOAT_FIELDS, FIELDS_BY_TYPE, FOLD_FIELDS, fold_fields
+
+    data = {name: i + 1 for i, name in enumerate(FOLD_FIELDS)} | {"type": "x", "extra": "e"}
+    for kind in [*FIELDS_BY_TYPE, "Custom", ""]:
+        own = FIELDS_BY_TYPE.get(kind, ())
+        expected = tuple(
+            (float(data[name]) if name in _FLOAT_FIELDS else data[name]) if name in own else None
+            for name in FOLD_FIELDS
+        )
+        got = fold_fields(kind, data)
+        assert got == expected and [type(v) for v in got] == [type(v) for v in expected], kind
+
+
 # -- JSON Lines and the command line ---------------------------------------------------
 
 
