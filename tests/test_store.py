@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from progress_lab import (
     connect,
 )
 from progress_lab._schema import event_store as event_table
+from progress_lab.events import FOLD_FIELDS
 from progress_lab.frames import FRAME_SCHEMA
 from progress_lab.jsonl import export_jsonl, import_jsonl
 
@@ -530,6 +531,77 @@ def test_fold_fields_by_type_agree_with_fields_by_type() -> None:
         )
         got = fold_fields(kind, data)
         assert got == expected and [type(v) for v in got] == [type(v) for v in expected], kind
+
+
+def test_append_records_writes_the_canonical_row_text(store: EventStore, clock: FakeClock) -> None:
+    # The append path formats times and JSON on fast paths; every column must still hold
+    # what the slow, obvious code writes: events.dumps, format_timestamp, UTC created_at.
+    from progress_lab.events import dumps, fold_fields
+    from progress_lab.store import NewRecord
+
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    times = [
+        T0,
+        T0.replace(microsecond=0),  # orjson would leave out the fraction
+        datetime(1900, 1, 1, tzinfo=UTC),
+        datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 1, 0, 0, 0, 1, tzinfo=plus_five),
+    ]
+    created = [None, T0, T0.replace(microsecond=0), datetime(999, 5, 6, 7, 8, 9, 10, tzinfo=UTC),
+               datetime(2026, 3, 1, 2, 3, 4, 5, tzinfo=plus_five)]
+    payloads = [
+        review(),
+        review(new_interval=3, easiness_factor=2),  # ints in float columns
+        {"type": "Custom", "big": 2**70, "f": [1e20, 1e-7, 0.1], "s": 'tab\there "q" \\ ü 🦉 \u2028', "n": None},
+        {"type": "UserCreated", "user_id": "u\\1", "email": None, "display_name": "x\ty"},
+    ]
+    records = []
+    for n in range(4 * len(times) * len(created) + 3):  # not a multiple of the rows per INSERT
+        at, made, data = times[n % len(times)], created[(n // 2) % len(created)], payloads[n % len(payloads)]
+        metadata = EventMetadata(user_id=f"u{n}\t", timestamp=at, correlation_id="c\"1" if n % 3 else None)
+        records.append(NewRecord(f"stream-{n % 7}", data["type"], data, metadata, f"id-{n}" if n % 2 else None, made))
+    clock.set(datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC))
+    assert store.append_records(records) == len(records)
+
+    columns = [c.name for c in event_table.columns]
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(event_table).order_by(event_table.c.global_position)).all()
+    assert len(rows) == len(records)
+    versions: dict[str, int] = {}
+    for position, (row, record) in enumerate(zip(rows, records), start=1):
+        versions[record.stream_id] = versions.get(record.stream_id, 0) + 1
+        got = dict(zip(columns, row))
+        meta_data = record.metadata.to_data()
+        expected = {
+            "global_position": position,
+            "stream_id": record.stream_id,
+            "stream_version": versions[record.stream_id],
+            "event_type": record.event_type,
+            "event_data": dumps(record.event_data),
+            "metadata": dumps(meta_data),
+            "created_at": (record.created_at or clock.now).astimezone(UTC),
+            "typed": 1,
+            "occurred_at_us": epoch_us(record.metadata.timestamp),
+            "metadata_user_id": meta_data["user_id"],
+            "correlation_id": meta_data["correlation_id"],
+            "causation_id": None,
+            **dict(zip(FOLD_FIELDS, fold_fields(record.event_type, record.event_data))),
+        }
+        assert got.pop("event_id") == record.event_id or record.event_id is None
+        assert got == expected, position
+        if isinstance(row.created_at, str):  # SQLite: fixed-width text
+            raw = conn_text(store, position)
+            assert raw == expected["created_at"].replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def epoch_us(value: datetime) -> int:
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def conn_text(store: EventStore, position: int) -> str:
+    with store.engine.connect() as conn:
+        return str(conn.exec_driver_sql(f"SELECT created_at FROM event_store WHERE global_position = {position}").scalar())
 
 
 # -- JSON Lines and the command line ---------------------------------------------------
