@@ -67,6 +67,23 @@ _COLUMNS = (
     "causation_id",
     *FOLD_FIELDS,
 )
+# The binary COPY type of each column (varchar and text share one wire format).
+_PG_TYPES = (
+    "int8",
+    "text",
+    "text",
+    "int8",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "int2",
+    "int8",
+    "text",
+    "text",
+    "text",
+    *("text", "text", "text", "int8", "int8", "int8", "float8", "float8"),  # FOLD_FIELDS
+)
 _CHUNK = 10_000
 _SQLITE_INSERT_ONE = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 NOTIFY_CHANNEL = "progress_lab_events"
@@ -463,16 +480,20 @@ class EventStore:
 
     def _insert_rows(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
         if self.dialect == "postgresql":
-            # COPY is the bulk path: one round trip per buffer, not per row.
+            # COPY is the bulk path: one round trip per buffer, not per row. The binary
+            # format spares the server the parsing of numbers and times, and the client
+            # the formatting of them (psycopg's C dumpers).
             import psycopg
 
             driver_conn = conn.connection.driver_connection
-            statement = f"COPY event_store ({', '.join(_COLUMNS)}) FROM STDIN"
+            statement = f"COPY event_store ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
             try:
                 with driver_conn.cursor() as cursor:  # type: ignore[union-attr]
                     with cursor.copy(statement) as copy:
+                        copy.set_types(_PG_TYPES)
+                        write_row = copy.write_row
                         for row in rows:
-                            copy.write_row(row)
+                            write_row(row)
             # COPY bypasses SQLAlchemy, so wrap the driver's errors the way SQLAlchemy would.
             except psycopg.IntegrityError as exc:
                 raise IntegrityError(statement, None, exc) from None
