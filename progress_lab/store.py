@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -85,7 +86,10 @@ _PG_TYPES = (
     *("text", "text", "text", "int8", "int8", "int8", "float8", "float8"),  # FOLD_FIELDS
 )
 _CHUNK = 10_000
-_SQLITE_INSERT_ONE = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+_SQLITE_ROWS_PER_INSERT = 40  # 840 parameters: within SQLite's oldest limit of 999
+_SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
+_SQLITE_INSERT_ONE = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES {_SQLITE_ROW}"
+_SQLITE_INSERT_MANY = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES {', '.join([_SQLITE_ROW] * _SQLITE_ROWS_PER_INSERT)}"
 NOTIFY_CHANNEL = "progress_lab_events"
 
 
@@ -500,7 +504,17 @@ class EventStore:
             except psycopg.OperationalError as exc:
                 raise OperationalError(statement, None, exc) from None
         else:
-            conn.exec_driver_sql(_SQLITE_INSERT_ONE, rows)
+            # Several rows per INSERT: the statement is stepped once per group, not per row.
+            # The parameters are the same, but each row costs the sqlite3 module and SQLite less.
+            full = len(rows) - len(rows) % _SQLITE_ROWS_PER_INSERT
+            if full:
+                chain = itertools.chain.from_iterable
+                conn.exec_driver_sql(
+                    _SQLITE_INSERT_MANY,
+                    [tuple(chain(rows[i : i + _SQLITE_ROWS_PER_INSERT])) for i in range(0, full, _SQLITE_ROWS_PER_INSERT)],
+                )
+            if full < len(rows):
+                conn.exec_driver_sql(_SQLITE_INSERT_ONE, rows[full:])
 
     def _integrity_error(
         self, conn: sa.Connection, exc: IntegrityError, records: Sequence[NewRecord]
