@@ -45,6 +45,8 @@ from .events import (
 if TYPE_CHECKING:
     import polars as pl
 
+    from ._pg_copy import ChunkCopy
+
 __all__ = ["EventStore", "SnapshotPolicy", "NewRecord", "connect", "DEFAULT_URL"]
 
 DEFAULT_URL = "sqlite:///progress.db"
@@ -86,6 +88,7 @@ _PG_TYPES = (
     *("text", "text", "text", "int8", "int8", "int8", "float8", "float8"),  # FOLD_FIELDS
 )
 _CHUNK = 10_000
+_FEED_EVERY = 50  # records read between two feeds of the open COPY (PostgreSQL)
 _SQLITE_ROWS_PER_INSERT = 40  # 840 parameters: within SQLite's oldest limit of 999
 _SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
 _SQLITE_INSERT_ONE = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES {_SQLITE_ROW}"
@@ -423,27 +426,51 @@ class EventStore:
         total = 0
         with self.transaction() as conn:
             versions: dict[str, int] = {}
-            chunk: list[NewRecord] = []
-            for record in records:
-                chunk.append(record)
-                if len(chunk) >= _CHUNK:
-                    total += self._write_chunk(conn, chunk, versions)
+            # PostgreSQL: the COPY of the last chunk, still open and fed to the server
+            # while the next chunk is read (so the server works while the records validate).
+            pending: ChunkCopy | None = None
+            try:
+                chunk: list[NewRecord] = []
+                for record in records:
+                    chunk.append(record)
+                    if len(chunk) >= _CHUNK:
+                        pending = self._write_chunk(conn, chunk, versions, pending)
+                        total += len(chunk)
+                        if on_progress:
+                            on_progress(len(chunk))
+                        chunk = []
+                    elif pending is not None and not len(chunk) % _FEED_EVERY:
+                        pending.feed()
+                if chunk:
+                    pending = self._write_chunk(conn, chunk, versions, pending)
+                    total += len(chunk)
                     if on_progress:
                         on_progress(len(chunk))
-                    chunk = []
-            if chunk:
-                total += self._write_chunk(conn, chunk, versions)
-                if on_progress:
-                    on_progress(len(chunk))
+                if pending is not None:
+                    self._finish_copy(conn, pending)
+                    head = pending.head
+                    pending = None
+                    self._notify(conn, head)
+            except BaseException as exc:
+                if pending is not None:
+                    pending.abort(exc)
+                raise
         return total
 
-    def _write_chunk(self, conn: sa.Connection, chunk: list[NewRecord], versions: dict[str, int]) -> int:
+    def _write_chunk(
+        self, conn: sa.Connection, chunk: list[NewRecord], versions: dict[str, int], pending: ChunkCopy | None
+    ) -> ChunkCopy | None:
+        if pending is not None:
+            self._finish_copy(conn, pending)
         unknown = list({r.stream_id for r in chunk if r.stream_id not in versions})
         found = self._stream_versions(conn, unknown)
         for stream_id in unknown:
             versions[stream_id] = found.get(stream_id, 0)
-        self._write(conn, chunk, versions, collect=False)
-        return len(chunk)
+        if self.dialect != "postgresql":
+            self._write(conn, chunk, versions, collect=False)
+            return None
+        rows = _rows(chunk, versions, self._head(conn), self.clock(), sqlite=False)
+        return self._start_copy(conn, chunk, rows)
 
     def _write(
         self,
@@ -458,14 +485,15 @@ class EventStore:
         position = self._head(conn)
         now = self.clock()
         rows = _rows(records, versions, position, now, sqlite=self.dialect == "sqlite")
-        try:
-            self._insert_rows(conn, rows)
-        except IntegrityError as exc:
-            raise self._integrity_error(conn, exc, records) from None
-        position = rows[-1][0]
         if self.dialect == "postgresql":
+            self._finish_copy(conn, self._start_copy(conn, records, rows))
             # Delivered at commit: followers wake up instead of polling.
-            conn.execute(sa.text("SELECT pg_notify(:channel, :head)"), {"channel": NOTIFY_CHANNEL, "head": str(position)})
+            self._notify(conn, rows[-1][0])
+        else:
+            try:
+                self._insert_sqlite(conn, rows)
+            except IntegrityError as exc:
+                raise self._integrity_error(conn, exc, records) from None
         if not collect:
             return []
         return [
@@ -482,39 +510,39 @@ class EventStore:
             for row, record in zip(rows, records)
         ]
 
-    def _insert_rows(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
-        if self.dialect == "postgresql":
-            # COPY is the bulk path: one round trip per buffer, not per row. The binary
-            # format spares the server the parsing of numbers and times, and the client
-            # the formatting of them (psycopg's C dumpers).
-            import psycopg
+    def _start_copy(self, conn: sa.Connection, records: Sequence[NewRecord], rows: list[tuple[Any, ...]]) -> ChunkCopy:
+        # COPY is PostgreSQL's bulk path: one round trip per buffer, not per row. The
+        # binary format spares the server the parsing of numbers and times, and the client
+        # the formatting of them (psycopg's C dumpers).
+        from ._pg_copy import ChunkCopy
 
-            driver_conn = conn.connection.driver_connection
-            statement = f"COPY event_store ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-            try:
-                with driver_conn.cursor() as cursor:  # type: ignore[union-attr]
-                    with cursor.copy(statement) as copy:
-                        copy.set_types(_PG_TYPES)
-                        write_row = copy.write_row
-                        for row in rows:
-                            write_row(row)
-            # COPY bypasses SQLAlchemy, so wrap the driver's errors the way SQLAlchemy would.
-            except psycopg.IntegrityError as exc:
-                raise IntegrityError(statement, None, exc) from None
-            except psycopg.OperationalError as exc:
-                raise OperationalError(statement, None, exc) from None
-        else:
-            # Several rows per INSERT: the statement is stepped once per group, not per row.
-            # The parameters are the same, but each row costs the sqlite3 module and SQLite less.
-            full = len(rows) - len(rows) % _SQLITE_ROWS_PER_INSERT
-            if full:
-                chain = itertools.chain.from_iterable
-                conn.exec_driver_sql(
-                    _SQLITE_INSERT_MANY,
-                    [tuple(chain(rows[i : i + _SQLITE_ROWS_PER_INSERT])) for i in range(0, full, _SQLITE_ROWS_PER_INSERT)],
-                )
-            if full < len(rows):
-                conn.exec_driver_sql(_SQLITE_INSERT_ONE, rows[full:])
+        driver_conn = conn.connection.driver_connection
+        try:
+            return ChunkCopy(driver_conn, _COLUMNS, _PG_TYPES, rows, records, head=rows[-1][0])  # type: ignore[arg-type]
+        except IntegrityError as exc:
+            raise self._integrity_error(conn, exc, records) from None
+
+    def _finish_copy(self, conn: sa.Connection, copy: ChunkCopy) -> None:
+        try:
+            copy.finish()
+        except IntegrityError as exc:
+            raise self._integrity_error(conn, exc, copy.records) from None
+
+    def _notify(self, conn: sa.Connection, head: int) -> None:
+        conn.execute(sa.text("SELECT pg_notify(:channel, :head)"), {"channel": NOTIFY_CHANNEL, "head": str(head)})
+
+    def _insert_sqlite(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+        # Several rows per INSERT: the statement is stepped once per group, not per row.
+        # The parameters are the same, but each row costs the sqlite3 module and SQLite less.
+        full = len(rows) - len(rows) % _SQLITE_ROWS_PER_INSERT
+        if full:
+            chain = itertools.chain.from_iterable
+            conn.exec_driver_sql(
+                _SQLITE_INSERT_MANY,
+                [tuple(chain(rows[i : i + _SQLITE_ROWS_PER_INSERT])) for i in range(0, full, _SQLITE_ROWS_PER_INSERT)],
+            )
+        if full < len(rows):
+            conn.exec_driver_sql(_SQLITE_INSERT_ONE, rows[full:])
 
     def _integrity_error(
         self, conn: sa.Connection, exc: IntegrityError, records: Sequence[NewRecord]

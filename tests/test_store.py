@@ -518,6 +518,44 @@ def test_append_of_100_000_events_in_one_call(store: EventStore) -> None:
     assert [(e.global_position, e.stream_version, e.event_data["item_id"]) for e in last] == [(100_000, 100_000, "i49")]
 
 
+def test_append_records_across_many_chunks(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small chunks: on PostgreSQL each chunk's COPY is still open while the next is read.
+    import progress_lab.store as store_module
+    from progress_lab import EventStoreError
+    from progress_lab.store import NewRecord
+
+    monkeypatch.setattr(store_module, "_CHUNK", 7)
+    monkeypatch.setattr(store_module, "_FEED_EVERY", 2)
+    store.append_events("s0", [review("a"), review("b")])
+
+    def records(count: int, start: int = 0, fail_at: int | None = None, event_id: str | None = None) -> Iterator[NewRecord]:
+        for n in range(start, start + count):
+            if n == fail_at:
+                raise RuntimeError("the source broke")
+            data = review(f"i{n}")
+            yield NewRecord(f"s{n % 3}", "ReviewProcessed", data, meta(), event_id if n == fail_at else f"e{n}")
+
+    assert store.append_records(records(50)) == 50
+    events = store.read_all_events()
+    assert [e.global_position for e in events] == list(range(1, 53))
+    assert [e.event_id for e in events[2:]] == [f"e{n}" for n in range(50)]
+    assert [store.stream_version(f"s{k}") for k in range(3)] == [2 + 17, 17, 16]
+    assert [e.stream_version for e in store.read_events("s1")] == list(range(1, 18))
+
+    # The source fails in a later chunk: nothing of this call is written, the store works on.
+    with pytest.raises(RuntimeError, match="the source broke"):
+        store.append_records(records(30, start=100, fail_at=123))
+    assert store.head_position() == 52
+    # An event id already stored, in a later chunk: the same.
+    dup = [r if n != 25 else r._replace(event_id="e3") for n, r in enumerate(records(30, start=200))]
+    with pytest.raises(EventStoreError, match="already in the store"):
+        store.append_records(dup)
+    assert store.head_position() == 52
+    assert store.append_records(records(9, start=300)) == 9
+    assert store.head_position() == 61
+    assert store.stream_version("s0") == 2 + 17 + 3
+
+
 def test_fold_fields_by_type_agree_with_fields_by_type() -> None:
     # fold_fields is spelt out per type for speed; FIELDS_BY_TYPE is the definition.
     from progress_lab.events import _FLOAT_FIELDS, FIELDS_BY_TYPE, FOLD_FIELDS, fold_fields
