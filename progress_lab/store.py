@@ -88,6 +88,7 @@ _PG_TYPES = (
     *("text", "text", "text", "int8", "int8", "int8", "float8", "float8"),  # FOLD_FIELDS
 )
 _CHUNK = 10_000
+_TEXT_ARRAY = sa.ARRAY(sa.Text)
 _FEED_EVERY = 50  # records read between two feeds of the open COPY (PostgreSQL)
 _SQLITE_ROWS_PER_INSERT = 40  # 840 parameters: within SQLite's oldest limit of 999
 _SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
@@ -655,6 +656,17 @@ class EventStore:
 
     def _stream_versions(self, conn: sa.Connection, stream_ids: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
+        if not stream_ids:
+            return found
+        if self.dialect == "postgresql":
+            # One array parameter: the server plans "= ANY($1)" once, where an IN list of
+            # hundreds of parameters took it several times longer.
+            query = (
+                sa.select(_events.c.stream_id, sa.func.max(_events.c.stream_version))
+                .where(_events.c.stream_id == sa.any_(sa.bindparam("ids", list(stream_ids), type_=_TEXT_ARRAY)))
+                .group_by(_events.c.stream_id)
+            )
+            return {sid: int(v) for sid, v in conn.execute(query)}
         for start in range(0, len(stream_ids), 500):
             part = stream_ids[start : start + 500]
             query = (
