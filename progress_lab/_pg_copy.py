@@ -2,10 +2,11 @@
 
 A bulk append validates its records in Python (the caller's iterator) and has the
 server store them; done one after the other, each side waits for the other. Here the
-COPY of one chunk stays open while the next chunk is read: its binary data waits in
-Python and goes to libpq a buffer at a time whenever the socket takes more
-(:meth:`ChunkCopy.feed`, without blocking), so the server stores rows while the client
-validates. :meth:`ChunkCopy.finish` sends the rest and ends the COPY.
+rows of a chunk are sent a slice at a time as they are made, and the COPY of a chunk
+stays open while the next chunk is read: its binary data waits in Python and goes to
+libpq a buffer at a time whenever the socket takes more (:meth:`ChunkCopy.feed`,
+without blocking), so the server stores rows while the client validates and formats
+more. :meth:`ChunkCopy.finish` sends the rest and ends the COPY.
 
 Only imported with the ``postgres`` extra installed.
 """
@@ -52,10 +53,11 @@ class _FeedingWriter(LibpqWriter):
 
 
 class ChunkCopy:
-    """One ``COPY event_store ... FROM STDIN (FORMAT BINARY)`` holding ``rows``, left open.
+    """One ``COPY event_store ... FROM STDIN (FORMAT BINARY)``, left open for :meth:`write_rows`.
 
     Errors of the driver come out as SQLAlchemy's ``IntegrityError`` and
-    ``OperationalError``, as if SQLAlchemy had run the statement.
+    ``OperationalError``, as if SQLAlchemy had run the statement. After an error of
+    :meth:`write_rows` or :meth:`feed`, call :meth:`abort`.
     """
 
     def __init__(
@@ -63,12 +65,11 @@ class ChunkCopy:
         driver_conn: psycopg.Connection[Any],
         columns: Sequence[str],
         types: Sequence[str],
-        rows: Iterable[tuple[Any, ...]],
         records: Sequence[Any],
         *,
         head: int,
     ) -> None:
-        self.records = records  # what the rows were made of, for error messages
+        self.records = records  # what the rows are made of, for error messages
         self.head = head  # the global position of the last row
         self.statement = f"COPY event_store ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
         self._stack = ExitStack()
@@ -76,15 +77,19 @@ class ChunkCopy:
             with _wrapped(self.statement):
                 cursor = self._stack.enter_context(driver_conn.cursor())
                 self._writer = _FeedingWriter(cursor)
-                copy = self._stack.enter_context(cursor.copy(self.statement, writer=self._writer))
-                copy.set_types(types)
-                write_row = copy.write_row
-                for row in rows:
-                    write_row(row)
-                self._writer.feed()
+                self._copy = self._stack.enter_context(cursor.copy(self.statement, writer=self._writer))
+                self._copy.set_types(types)
         except BaseException as exc:
             self.abort(exc)
             raise
+
+    def write_rows(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Format the rows (in the columns' order) and send what the socket takes now."""
+        with _wrapped(self.statement):
+            write_row = self._copy.write_row
+            for row in rows:
+                write_row(row)
+            self._writer.feed()
 
     def feed(self) -> None:
         """Send what the socket takes now, without waiting."""

@@ -89,6 +89,7 @@ _PG_TYPES = (
 )
 _CHUNK = 10_000
 _TEXT_ARRAY = sa.ARRAY(sa.Text)
+_COPY_SLICE = 500  # rows made and handed to COPY at a time (PostgreSQL)
 _FEED_EVERY = 50  # records read between two feeds of the open COPY (PostgreSQL)
 _SQLITE_ROWS_PER_INSERT = 40  # 840 parameters: within SQLite's oldest limit of 999
 _SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
@@ -470,8 +471,15 @@ class EventStore:
         if self.dialect != "postgresql":
             self._write(conn, chunk, versions, collect=False)
             return None
-        rows = _rows(chunk, versions, self._head(conn), self.clock(), sqlite=False)
-        return self._start_copy(conn, chunk, rows)
+        # The head is the last chunk's (the append lock keeps other writers out).
+        position = self._head(conn) if pending is None else pending.head
+        now = self.clock()
+        # Made and sent a slice at a time, so the server starts on them at once.
+        slices = (
+            _rows(chunk[start : start + _COPY_SLICE], versions, position + start, now, sqlite=False)
+            for start in range(0, len(chunk), _COPY_SLICE)
+        )
+        return self._copy(conn, chunk, position + len(chunk), slices)
 
     def _write(
         self,
@@ -487,7 +495,7 @@ class EventStore:
         now = self.clock()
         rows = _rows(records, versions, position, now, sqlite=self.dialect == "sqlite")
         if self.dialect == "postgresql":
-            self._finish_copy(conn, self._start_copy(conn, records, rows))
+            self._finish_copy(conn, self._copy(conn, records, rows[-1][0], [rows]))
             # Delivered at commit: followers wake up instead of polling.
             self._notify(conn, rows[-1][0])
         else:
@@ -511,17 +519,25 @@ class EventStore:
             for row, record in zip(rows, records)
         ]
 
-    def _start_copy(self, conn: sa.Connection, records: Sequence[NewRecord], rows: list[tuple[Any, ...]]) -> ChunkCopy:
+    def _copy(
+        self, conn: sa.Connection, records: Sequence[NewRecord], head: int, slices: Iterable[list[tuple[Any, ...]]]
+    ) -> ChunkCopy:
+        """An open COPY of the records' rows (given in slices), to be finished with _finish_copy."""
         # COPY is PostgreSQL's bulk path: one round trip per buffer, not per row. The
         # binary format spares the server the parsing of numbers and times, and the client
         # the formatting of them (psycopg's C dumpers).
         from ._pg_copy import ChunkCopy
 
-        driver_conn = conn.connection.driver_connection
+        copy = ChunkCopy(conn.connection.driver_connection, _COLUMNS, _PG_TYPES, records, head=head)  # type: ignore[arg-type]
         try:
-            return ChunkCopy(driver_conn, _COLUMNS, _PG_TYPES, rows, records, head=rows[-1][0])  # type: ignore[arg-type]
-        except IntegrityError as exc:
-            raise self._integrity_error(conn, exc, records) from None
+            for rows in slices:
+                copy.write_rows(rows)
+        except BaseException as exc:
+            copy.abort(exc)
+            if isinstance(exc, IntegrityError):
+                raise self._integrity_error(conn, exc, records) from None
+            raise
+        return copy
 
     def _finish_copy(self, conn: sa.Connection, copy: ChunkCopy) -> None:
         try:

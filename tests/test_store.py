@@ -526,6 +526,7 @@ def test_append_records_across_many_chunks(store: EventStore, monkeypatch: pytes
 
     monkeypatch.setattr(store_module, "_CHUNK", 7)
     monkeypatch.setattr(store_module, "_FEED_EVERY", 2)
+    monkeypatch.setattr(store_module, "_COPY_SLICE", 3)
     store.append_events("s0", [review("a"), review("b")])
 
     def records(count: int, start: int = 0, fail_at: int | None = None, event_id: str | None = None) -> Iterator[NewRecord]:
