@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from progress_lab import (
     connect,
 )
 from progress_lab._schema import event_store as event_table
+from progress_lab.events import FOLD_FIELDS
 from progress_lab.frames import FRAME_SCHEMA
 from progress_lab.jsonl import export_jsonl, import_jsonl
 
@@ -475,7 +476,13 @@ def test_racing_writers_exactly_one_wins(db_url: str) -> None:
             barrier = threading.Barrier(2)
             outcomes: list[Any] = [None, None]
 
-            def write(n: int) -> None:
+            def write(
+                n: int,
+                barrier: threading.Barrier = barrier,
+                outcomes: list[Any] = outcomes,
+                stream: str = stream,
+                expected: int = expected,
+            ) -> None:
                 barrier.wait()
                 try:
                     outcomes[n] = stores[n].append_events(stream, [review(f"w{n}"), review(f"w{n}")], expected)
@@ -509,6 +516,131 @@ def test_append_of_100_000_events_in_one_call(store: EventStore) -> None:
     assert store.stream_version("bulk") == 100_000
     last = store.read_all_events(100_000)
     assert [(e.global_position, e.stream_version, e.event_data["item_id"]) for e in last] == [(100_000, 100_000, "i49")]
+
+
+def test_append_records_across_many_chunks(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small chunks: on PostgreSQL each chunk's COPY is still open while the next is read.
+    import progress_lab.store as store_module
+    from progress_lab import EventStoreError
+    from progress_lab.store import NewRecord
+
+    monkeypatch.setattr(store_module, "_CHUNK", 7)
+    monkeypatch.setattr(store_module, "_FEED_EVERY", 2)
+    monkeypatch.setattr(store_module, "_COPY_SLICE", 3)
+    store.append_events("s0", [review("a"), review("b")])
+
+    def records(count: int, start: int = 0, fail_at: int | None = None, event_id: str | None = None) -> Iterator[NewRecord]:
+        for n in range(start, start + count):
+            if n == fail_at:
+                raise RuntimeError("the source broke")
+            data = review(f"i{n}")
+            yield NewRecord(f"s{n % 3}", "ReviewProcessed", data, meta(), event_id if n == fail_at else f"e{n}")
+
+    assert store.append_records(records(50)) == 50
+    events = store.read_all_events()
+    assert [e.global_position for e in events] == list(range(1, 53))
+    assert [e.event_id for e in events[2:]] == [f"e{n}" for n in range(50)]
+    assert [store.stream_version(f"s{k}") for k in range(3)] == [2 + 17, 17, 16]
+    assert [e.stream_version for e in store.read_events("s1")] == list(range(1, 18))
+
+    # The source fails in a later chunk: nothing of this call is written, the store works on.
+    with pytest.raises(RuntimeError, match="the source broke"):
+        store.append_records(records(30, start=100, fail_at=123))
+    assert store.head_position() == 52
+    # An event id already stored, in a later chunk: the same.
+    dup = [r if n != 25 else r._replace(event_id="e3") for n, r in enumerate(records(30, start=200))]
+    with pytest.raises(EventStoreError, match="already in the store"):
+        store.append_records(dup)
+    assert store.head_position() == 52
+    assert store.append_records(records(9, start=300)) == 9
+    assert store.head_position() == 61
+    assert store.stream_version("s0") == 2 + 17 + 3
+
+
+def test_fold_fields_by_type_agree_with_fields_by_type() -> None:
+    # fold_fields is spelt out per type for speed; FIELDS_BY_TYPE is the definition.
+    from progress_lab.events import _FLOAT_FIELDS, FIELDS_BY_TYPE, FOLD_FIELDS, fold_fields
+
+    data = {name: i + 1 for i, name in enumerate(FOLD_FIELDS)} | {"type": "x", "extra": "e"}
+    for kind in [*FIELDS_BY_TYPE, "Custom", ""]:
+        own = FIELDS_BY_TYPE.get(kind, ())
+        expected = tuple(
+            (float(data[name]) if name in _FLOAT_FIELDS else data[name]) if name in own else None
+            for name in FOLD_FIELDS
+        )
+        got = fold_fields(kind, data)
+        assert got == expected and [type(v) for v in got] == [type(v) for v in expected], kind
+
+
+def test_append_records_writes_the_canonical_row_text(store: EventStore, clock: FakeClock) -> None:
+    # The append path formats times and JSON on fast paths; every column must still hold
+    # what the slow, obvious code writes: events.dumps, format_timestamp, UTC created_at.
+    from progress_lab.events import dumps, fold_fields
+    from progress_lab.store import NewRecord
+
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    times = [
+        T0,
+        T0.replace(microsecond=0),  # orjson would leave out the fraction
+        datetime(1900, 1, 1, tzinfo=UTC),
+        datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 1, 0, 0, 0, 1, tzinfo=plus_five),
+    ]
+    created = [None, T0, T0.replace(microsecond=0), datetime(999, 5, 6, 7, 8, 9, 10, tzinfo=UTC),
+               datetime(2026, 3, 1, 2, 3, 4, 5, tzinfo=plus_five)]
+    payloads = [
+        review(),
+        review(new_interval=3, easiness_factor=2),  # ints in float columns
+        {"type": "Custom", "big": 2**70, "f": [1e20, 1e-7, 0.1], "s": 'tab\there "q" \\ ü 🦉 \u2028', "n": None},
+        {"type": "UserCreated", "user_id": "u\\1", "email": None, "display_name": "x\ty"},
+    ]
+    records = []
+    for n in range(4 * len(times) * len(created) + 3):  # not a multiple of the rows per INSERT
+        at, made, data = times[n % len(times)], created[(n // 2) % len(created)], payloads[n % len(payloads)]
+        metadata = EventMetadata(user_id=f"u{n}\t", timestamp=at, correlation_id="c\"1" if n % 3 else None)
+        records.append(NewRecord(f"stream-{n % 7}", data["type"], data, metadata, f"id-{n}" if n % 2 else None, made))
+    clock.set(datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC))
+    assert store.append_records(records) == len(records)
+
+    columns = [c.name for c in event_table.columns]
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(event_table).order_by(event_table.c.global_position)).all()
+    assert len(rows) == len(records)
+    versions: dict[str, int] = {}
+    for position, (row, record) in enumerate(zip(rows, records), start=1):
+        versions[record.stream_id] = versions.get(record.stream_id, 0) + 1
+        got = dict(zip(columns, row))
+        meta_data = record.metadata.to_data()
+        expected = {
+            "global_position": position,
+            "stream_id": record.stream_id,
+            "stream_version": versions[record.stream_id],
+            "event_type": record.event_type,
+            "event_data": dumps(record.event_data),
+            "metadata": dumps(meta_data),
+            "created_at": (record.created_at or clock.now).astimezone(UTC),
+            "typed": 1,
+            "occurred_at_us": epoch_us(record.metadata.timestamp),
+            "metadata_user_id": meta_data["user_id"],
+            "correlation_id": meta_data["correlation_id"],
+            "causation_id": None,
+            **dict(zip(FOLD_FIELDS, fold_fields(record.event_type, record.event_data))),
+        }
+        assert got.pop("event_id") == record.event_id or record.event_id is None
+        assert got == expected, position
+        if isinstance(row.created_at, str):  # SQLite: fixed-width text
+            raw = conn_text(store, position)
+            assert raw == expected["created_at"].replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def epoch_us(value: datetime) -> int:
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def conn_text(store: EventStore, position: int) -> str:
+    with store.engine.connect() as conn:
+        return str(conn.exec_driver_sql(f"SELECT created_at FROM event_store WHERE global_position = {position}").scalar())
 
 
 # -- JSON Lines and the command line ---------------------------------------------------
