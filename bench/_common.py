@@ -48,7 +48,20 @@ def _cpu_model() -> str:
 
 
 def peak_rss_mb(children: bool = False) -> float:
-    """Peak resident memory of this process (or of its finished children), in MB."""
+    """Peak resident memory of this process (or of its finished children), in MB.
+
+    On Linux a process's own peak is read from ``/proc/self/status`` (``VmHWM``):
+    ``ru_maxrss`` survives ``exec``, so a child started by a large parent would report
+    the parent's size at the fork.
+    """
+    if not children:
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024
 
