@@ -337,21 +337,13 @@ def _lines(column: pa.ChunkedArray) -> pa.Buffer | None:
     its neighbours in one document, and such batches (rare: foreign writers) are checked
     row by row instead.
     """
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    array = array.cast(pa.large_string())
-    if array.null_count:
+    texts = pl.from_arrow(column)
+    assert isinstance(texts, pl.Series)
+    if texts.null_count() or not texts.str.starts_with("{").all():
         return None
-    n = len(array)
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + n + 1]
-    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    starts, ends = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
-    if np.any(ends <= starts) or np.any(data[starts] != ord("{")):
+    if texts.str.contains("\n", literal=True).any() or texts.str.contains("\r", literal=True).any():
         return None
-    if np.count_nonzero(data == ord("\n")) or np.count_nonzero(data == ord("\r")):
-        return None
-    joined = pl.from_arrow(array)
-    assert isinstance(joined, pl.Series)
-    text = joined.str.join("\n").to_arrow(compat_level=pl.CompatLevel.oldest())
+    text = texts.str.join("\n").to_arrow(compat_level=pl.CompatLevel.oldest())
     first, last = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + 2]
     return text.buffers()[2][first:last]
 
