@@ -111,6 +111,8 @@ class ProjectionManager:
         self._last_snapshot = 0
         self._snapshot_writer: ThreadPoolExecutor | None = None
         self._snapshot_pending: Future[None] | None = None
+        self._last_snapshot_time = -float("inf")
+        self._snapshot_interval = 0.0  # run_forever sets its own
         self._stop = threading.Event()
 
     @property
@@ -247,6 +249,8 @@ class ProjectionManager:
     def _snapshot_due(self, position: int, head: int) -> bool:
         if not self.snapshot_policy.is_due(self._last_snapshot, position):
             return False
+        if time.monotonic() - self._last_snapshot_time < self._snapshot_interval:
+            return False
         # Mid-way, the gap grows with the log (1M, 2M, 4M, ...): a snapshot costs time in
         # proportion to the state, so their total cost stays a fixed share of the replay.
         gap = max(self.snapshot_span, self._last_snapshot)
@@ -265,6 +269,7 @@ class ProjectionManager:
         if self._snapshot_writer is None:
             self._snapshot_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-snapshot")
         previous, self._last_snapshot = self._last_snapshot, state.position
+        self._last_snapshot_time = time.monotonic()
         self._snapshot_pending = self._snapshot_writer.submit(self._save_snapshot, state, previous)
         return True
 
@@ -321,16 +326,21 @@ class ProjectionManager:
         max_backoff: float = 30.0,
         stop: threading.Event | None = None,
         on_report: Callable[[RunReport], None] | None = None,
+        snapshot_interval: float = 5.0,
     ) -> None:
         """Keep folding new events until :meth:`stop` (or ``stop.set()``).
 
         Waits for PostgreSQL notifications where available and polls otherwise. When the
         database goes away it logs the outage, retries with exponential backoff, and on
         return reloads its state from the checkpoint, so nothing is lost or counted twice.
+        While following, a due snapshot is taken at most once every ``snapshot_interval``
+        seconds: a catch-up of a few hundred events would otherwise snapshot the whole
+        state each time, and those seconds are CPU the next catch-up needs.
         """
         stop_event = stop or self._stop
         listener = _Listener(self.store) if self.store.dialect == "postgresql" else None
         backoff = poll_interval
+        self._snapshot_interval = snapshot_interval
         try:
             while not stop_event.is_set():
                 try:
@@ -353,6 +363,7 @@ class ProjectionManager:
                 else:
                     stop_event.wait(poll_interval)
         finally:
+            self._snapshot_interval = 0.0
             self.wait_for_snapshot()
             if listener is not None:
                 listener.close()
