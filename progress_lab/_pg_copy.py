@@ -28,6 +28,7 @@ class _FeedingWriter(LibpqWriter):
 
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         super().__init__(cursor)
+        self._feed_pgconn = cursor.connection.pgconn  # public; LibpqWriter keeps its own privately
         self._waiting: deque[Any] = deque()
 
     def write(self, data: Any) -> None:
@@ -35,7 +36,7 @@ class _FeedingWriter(LibpqWriter):
 
     def feed(self) -> None:
         """Hand libpq more data while it has sent what it had; never blocks."""
-        pgconn = self._pgconn
+        pgconn = self._feed_pgconn
         waiting = self._waiting
         while waiting and pgconn.flush() == 0:  # 1: the socket takes nothing more for now
             if pgconn.put_copy_data(waiting[0]) == 0:  # libpq's buffer is full
