@@ -603,35 +603,26 @@ def fold(
         latest = batch_latest.astimezone(UTC)
 
     rejections = pl.concat([state.rejected, *reject_frames]).sort("global_position")
-    frames = {
-        "users": users,
-        "days": days,
-        "items": items,
-        "sessions": sessions,
-        "session_items": session_items,
-        "rejected": rejections,
-    }
-    events_folded = state.events_folded + batch.height
-    compacted_at = state.compacted_at
-    if events_folded - compacted_at >= COMPACT_EVERY:
-        frames = {name: _compact(frame) for name, frame in frames.items()}
-        compacted_at = events_folded
-    return ProjectionState(
+    new = ProjectionState(
         options=o,
         position=int(batch["global_position"][-1]),
-        events_folded=events_folded,
+        events_folded=state.events_folded + batch.height,
         ignored=state.ignored + ignored,
         latest=latest,
+        users=users,
+        days=days,
+        items=items,
+        sessions=sessions,
+        session_items=session_items,
+        rejected=rejections,
         changed_users=user_delta.select("user_id"),
         changed_days=day_delta.select("user_id", "date"),
-        compacted_at=compacted_at,
-        users=frames["users"],
-        days=frames["days"],
-        items=frames["items"],
-        sessions=frames["sessions"],
-        session_items=frames["session_items"],
-        rejected=frames["rejected"],
+        compacted_at=state.compacted_at,
     )
+    if new.events_folded - new.compacted_at >= COMPACT_EVERY:
+        compacted: dict[str, object] = {name: _compact(getattr(new, name)) for name in _SORT_KEYS}
+        new = replace(new, compacted_at=new.events_folded, **compacted)  # type: ignore[arg-type]
+    return new
 
 
 #: Events folded between two compactions of the state's text columns.
