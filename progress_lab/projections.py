@@ -516,11 +516,16 @@ def fold(
         )
     )
     # Only an item's first review in the batch looks up the state (null: never reviewed).
+    first_reviews = ordered.filter("first_in_batch")
     review_columns = ["user_id", "item_id", "timestamp", "day", "mastery", "last_in_batch", "previous", "learned"]
     reviews = pl.concat(
         [
-            ordered.filter("first_in_batch")
-            .join(state.items.rename({"mastery": "previous"}), on=["user_id", "item_id"], how="left")
+            first_reviews.join(
+                # The state's rows of these items first: a left join builds its table on the right.
+                state.items.join(first_reviews, on=["user_id", "item_id"], how="semi").rename({"mastery": "previous"}),
+                on=["user_id", "item_id"],
+                how="left",
+            )
             .with_columns(pl.col("previous").is_null().alias("learned"))
             .select(review_columns),
             ordered.filter(~pl.col("first_in_batch"))
@@ -532,10 +537,12 @@ def fold(
     )
     latest_review = reviews.filter("last_in_batch").select("user_id", "item_id", "mastery")
     items = pl.concat([state.items.join(latest_review, on=["user_id", "item_id"], how="anti"), latest_review])
+    answered = answers.select(pl.col("attributed").alias("user_id"), "item_id")
     newly_answered = (
-        answers.select(pl.col("attributed").alias("user_id"), "item_id")
-        .join(items, on=["user_id", "item_id"], how="anti")  # first: most answered items are reviewed
+        answered.join(latest_review, on=["user_id", "item_id"], how="anti")  # first: most answered items are reviewed
         .unique()
+        # Probe the state with the few left rather than hash all of it (an anti join builds on the right).
+        .join(state.items.join(answered, on=["user_id", "item_id"], how="semi"), on=["user_id", "item_id"], how="anti")
         .with_columns(pl.lit(None, dtype=pl.Int8).alias("mastery"))
     )
     items = pl.concat([items, newly_answered])
