@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -203,29 +203,23 @@ class ProjectionManager:
             leave=False,
         )
         ranges = _batch_ranges(start + 1, head, self.batch_size)
-        # Reading the next batch (Arrow, outside the GIL) overlaps folding and writing this one.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-read") as reader:
-            pending = reader.submit(read_fold_frame, self.store, *ranges[0]) if ranges else None
-            try:
-                for index, (_, end) in enumerate(ranges):
-                    assert pending is not None
-                    frame = pending.result()
-                    pending = reader.submit(read_fold_frame, self.store, *ranges[index + 1]) if index + 1 < len(ranges) else None
-                    new = fold(frame, state) if frame.height else state
-                    new = replace(new, position=end)  # positions may have holes; the range is done
-                    if write:
-                        self._commit(state, new)
-                        self._state = new
-                        due = self._snapshot_due(new.position, head)
-                        if due and self._start_snapshot(new, skip_if_busy=skip_busy_snapshots):
-                            snapshots += 1
-                    bar.update(end - state.position)
-                    state = new
-                    batches += 1
-            finally:
-                if pending is not None:
-                    pending.cancel()
-                bar.close()
+        frames = self._frames(ranges)
+        try:
+            for (_, end), frame in zip(ranges, frames):
+                new = fold(frame, state) if frame.height else state
+                new = replace(new, position=end)  # positions may have holes; the range is done
+                if write:
+                    self._commit(state, new)
+                    self._state = new
+                    due = self._snapshot_due(new.position, head)
+                    if due and self._start_snapshot(new, skip_if_busy=skip_busy_snapshots):
+                        snapshots += 1
+                bar.update(end - state.position)
+                state = new
+                batches += 1
+        finally:
+            frames.close()
+            bar.close()
         new_rejections = state.rejected.slice(before_rejected) if write else state.rejected.clear()
         by_reason = new_rejections.group_by("reason").len()
         report = RunReport(
@@ -240,6 +234,28 @@ class ProjectionManager:
             seconds=time.perf_counter() - started,
         )
         return _FoldResult(state, report)
+
+    def _frames(self, ranges: list[tuple[int, int]]) -> Generator[pl.DataFrame, None, None]:
+        """The fold frames of ``ranges``, in order.
+
+        Reading the next batch (Arrow, outside the GIL) overlaps folding and writing this
+        one. A single batch, the usual catch-up while following the log, is read in this
+        thread: a reader thread would only add its start-up and hand-over to the latency.
+        """
+        if len(ranges) == 1:
+            yield read_fold_frame(self.store, *ranges[0])
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-read") as reader:
+            pending = reader.submit(read_fold_frame, self.store, *ranges[0]) if ranges else None
+            try:
+                for index in range(len(ranges)):
+                    assert pending is not None
+                    frame = pending.result()
+                    pending = reader.submit(read_fold_frame, self.store, *ranges[index + 1]) if index + 1 < len(ranges) else None
+                    yield frame
+            finally:
+                if pending is not None:
+                    pending.cancel()
 
     # -- snapshots ---------------------------------------------------------------------------
     # The checkpoint, not the snapshot, is what makes a crash safe: snapshots only shorten
