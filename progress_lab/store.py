@@ -96,6 +96,16 @@ _SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
 _SQLITE_INSERT_ONE = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES {_SQLITE_ROW}"
 _SQLITE_INSERT_MANY = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES {', '.join([_SQLITE_ROW] * _SQLITE_ROWS_PER_INSERT)}"
 NOTIFY_CHANNEL = "progress_lab_events"
+# What a bulk load into an empty log builds after loading (see EventStore._defer_indexes).
+# On SQLite the (stream, version) key is part of the table and stays.
+_DEFERRED_INDEXES = tuple(sorted(_events.indexes, key=lambda index: str(index.name)))
+_STREAM_VERSION_KEY = next(
+    c for c in _events.constraints if isinstance(c, sa.UniqueConstraint) and c.name == "uq_event_store_stream_version"
+)
+
+
+class _NewStreams(dict[str, int]):
+    """The stream versions of a bulk load: the log was empty, so no stream is looked up."""
 
 
 @dataclass(frozen=True)
@@ -431,11 +441,17 @@ class EventStore:
             # PostgreSQL: the COPY of the last chunk, still open and fed to the server
             # while the next chunk is read (so the server works while the records validate).
             pending: ChunkCopy | None = None
+            # A large import into an empty log builds its secondary indexes at the end.
+            bulk: bool | None = None
             try:
                 chunk: list[NewRecord] = []
                 for record in records:
                     chunk.append(record)
                     if len(chunk) >= _CHUNK:
+                        if bulk is None:
+                            bulk = self._defer_indexes(conn)
+                            if bulk:
+                                versions = _NewStreams()
                         pending = self._write_chunk(conn, chunk, versions, pending)
                         total += len(chunk)
                         if on_progress:
@@ -453,6 +469,8 @@ class EventStore:
                     head = pending.head
                     pending = None
                     self._notify(conn, head)
+                if bulk:
+                    self._build_deferred_indexes(conn)
             except BaseException as exc:
                 if pending is not None:
                     pending.abort(exc)
@@ -465,7 +483,8 @@ class EventStore:
         if pending is not None:
             self._finish_copy(conn, pending)
         unknown = list({r.stream_id for r in chunk if r.stream_id not in versions})
-        found = self._stream_versions(conn, unknown)
+        # In a bulk load the log was empty: a stream not met yet is new.
+        found = {} if isinstance(versions, _NewStreams) else self._stream_versions(conn, unknown)
         for stream_id in unknown:
             versions[stream_id] = found.get(stream_id, 0)
         if self.dialect != "postgresql":
@@ -560,6 +579,49 @@ class EventStore:
             )
         if full < len(rows):
             conn.exec_driver_sql(_SQLITE_INSERT_ONE, rows[full:])
+
+    def _defer_indexes(self, conn: sa.Connection) -> bool:
+        """Drop the log's secondary indexes before a large import into an empty log.
+
+        Built once at the end (:meth:`_build_deferred_indexes`, one sort per index), they
+        cost a fraction of what updating them row by row does: ``bench/ingest.py``
+        measured imports about 15% faster. It happens inside the import's transaction,
+        under the append lock: on failure the indexes are back as they were. On
+        PostgreSQL dropping an index needs the table to itself, so a reader holding it
+        (for a second) means the import runs with the indexes in place instead.
+        """
+        if self._head(conn) != 0:
+            return False
+        try:
+            with conn.begin_nested():
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
+                    conn.exec_driver_sql(f"ALTER TABLE event_store DROP CONSTRAINT {_STREAM_VERSION_KEY.name}")
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
+                for index in _DEFERRED_INDEXES:
+                    conn.exec_driver_sql(f"DROP INDEX {index.name}")
+        except (OperationalError, sa.exc.DBAPIError):
+            return False
+        return True
+
+    def _build_deferred_indexes(self, conn: sa.Connection) -> None:
+        """Build what :meth:`_defer_indexes` dropped; a duplicate event id fails the import."""
+        try:
+            with conn.begin_nested():
+                for index in _DEFERRED_INDEXES:
+                    index.create(conn)
+                if self.dialect == "postgresql":
+                    columns = ", ".join(c.name for c in _STREAM_VERSION_KEY.columns)
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE event_store ADD CONSTRAINT {_STREAM_VERSION_KEY.name} UNIQUE ({columns})"
+                    )
+        except IntegrityError as exc:
+            duplicate = conn.execute(
+                sa.select(_events.c.event_id).group_by(_events.c.event_id).having(sa.func.count() > 1).limit(1)
+            ).scalar()
+            raise EventStoreError(
+                f"event id {duplicate!r} appears more than once in the import: {_reason(exc)}"
+            ) from None
 
     def _integrity_error(
         self, conn: sa.Connection, exc: IntegrityError, records: Sequence[NewRecord]

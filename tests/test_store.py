@@ -557,6 +557,74 @@ def test_append_records_across_many_chunks(store: EventStore, monkeypatch: pytes
     assert store.stream_version("s0") == 2 + 17 + 3
 
 
+def _event_store_indexes(store: EventStore) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    inspector = sa.inspect(store.engine)
+    found = {i["name"]: (bool(i["unique"]), tuple(i["column_names"])) for i in inspector.get_indexes("event_store")}
+    for c in inspector.get_unique_constraints("event_store"):
+        found[c["name"]] = (True, tuple(c["column_names"]))
+    return found
+
+
+def test_bulk_load_into_an_empty_log_builds_its_indexes_at_the_end(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A first chunk that fills up, into an empty log: the secondary indexes are dropped and
+    # built after loading. The result must be the log and the indexes of a row-by-row import.
+    import progress_lab.store as store_module
+    from progress_lab import EventStoreError
+    from progress_lab.store import NewRecord
+
+    monkeypatch.setattr(store_module, "_CHUNK", 8)
+    indexes = _event_store_indexes(store)
+    assert {"ix_event_store_event_id", "ix_event_store_type_created", "uq_event_store_stream_version"} <= set(indexes)
+
+    def records(count: int, start: int = 0) -> list[NewRecord]:
+        return [NewRecord(f"s{n % 3}", "ReviewProcessed", review(f"i{n}"), meta(), f"e{n}") for n in range(start, start + count)]
+
+    # A duplicate event id inside the import: found when its index is built; nothing is written.
+    duplicate = records(40)
+    duplicate[31] = duplicate[31]._replace(event_id="e4")
+    with pytest.raises(EventStoreError, match="'e4' appears more than once"):
+        store.append_records(duplicate)
+    assert store.head_position() == 0
+    assert _event_store_indexes(store) == indexes
+
+    assert store.append_records(records(40)) == 40
+    assert _event_store_indexes(store) == indexes
+    assert [store.stream_version(f"s{k}") for k in range(3)] == [14, 13, 13]
+    assert [e.stream_version for e in store.read_events("s2")] == list(range(1, 14))
+    # The rebuilt indexes hold: an id already stored is refused, by a non-bulk import now.
+    with pytest.raises(EventStoreError, match="already in the store"):
+        store.append_records(records(20, start=39))
+    assert store.append_records(records(20, start=40)) == 20
+    assert store.stream_version("s0") == len(range(0, 60, 3))
+
+
+def test_bulk_load_keeps_the_indexes_while_a_reader_holds_the_table(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PostgreSQL: dropping an index needs the table to itself. A reader in an open
+    # transaction holds it; the import must not wait for it, only keep the indexes.
+    import progress_lab.store as store_module
+    from progress_lab.store import NewRecord
+
+    monkeypatch.setattr(store_module, "_CHUNK", 8)
+    store = connect(pg_url)
+    try:
+        dropped: list[str] = []
+        sa.event.listen(
+            store.engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *args: dropped.append(statement) if statement.startswith("DROP INDEX") else None,
+        )
+        with store.engine.connect() as reader:
+            reader.execute(sa.text("SELECT count(*) FROM event_store")).scalar_one()  # holds ACCESS SHARE until rollback
+            records = [NewRecord("s", "ReviewProcessed", review(f"i{n}"), meta(), f"e{n}") for n in range(20)]
+            assert store.append_records(records) == 20
+            reader.rollback()
+        assert dropped == []
+        assert store.stream_version("s") == 20
+        assert "ix_event_store_event_id" in _event_store_indexes(store)
+    finally:
+        store.close()
+
+
 def test_fold_fields_by_type_agree_with_fields_by_type() -> None:
     # fold_fields is spelt out per type for speed; FIELDS_BY_TYPE is the definition.
     from progress_lab.events import _FLOAT_FIELDS, FIELDS_BY_TYPE, FOLD_FIELDS, fold_fields
