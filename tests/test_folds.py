@@ -47,9 +47,9 @@ from strategies import (
     user_created,
 )
 
+from progress_lab import projections  # noqa: E402
 from progress_lab.events import KNOWN_EVENT_TYPES  # noqa: E402
 from progress_lab.frames import check_raw_event, frame_from_raw  # noqa: E402
-from progress_lab import projections  # noqa: E402
 from progress_lab.projections import FoldOptions, ProjectionState, fold  # noqa: E402
 from progress_lab.read_models import DAILY_STATS_SCHEMA, REJECTIONS_SCHEMA, USER_PROGRESS_SCHEMA  # noqa: E402
 from progress_lab.reference import ReferenceFold  # noqa: E402
