@@ -605,7 +605,8 @@ class EventStore:
         return True
 
     def _build_deferred_indexes(self, conn: sa.Connection) -> None:
-        """Build what :meth:`_defer_indexes` dropped; a duplicate event id fails the import."""
+        """Build what :meth:`_defer_indexes` dropped, and on PostgreSQL gather the table's
+        statistics; a duplicate event id fails the import."""
         try:
             with conn.begin_nested():
                 for index in _DEFERRED_INDEXES:
@@ -615,6 +616,10 @@ class EventStore:
                     conn.exec_driver_sql(
                         f"ALTER TABLE event_store ADD CONSTRAINT {_STREAM_VERSION_KEY.name} UNIQUE ({columns})"
                     )
+                    # The planner's statistics still describe the empty table until autovacuum
+                    # comes by: it then took a whole-log read for 1,000 rows and sorted 200,000
+                    # on disk, at half the speed of the index scan it picks once it knows.
+                    conn.exec_driver_sql("ANALYZE event_store")
         except IntegrityError as exc:
             duplicate = conn.execute(
                 sa.select(_events.c.event_id).group_by(_events.c.event_id).having(sa.func.count() > 1).limit(1)
