@@ -584,8 +584,8 @@ class EventStore:
         """Drop the log's secondary indexes before a large import into an empty log.
 
         Built once at the end (:meth:`_build_deferred_indexes`, one sort per index), they
-        cost a fraction of what updating them row by row does: ``bench/ingest.py``
-        measured imports about 15% faster. It happens inside the import's transaction,
+        cost less than updating them row by row, where each random event id lands at a
+        random place in its index. It happens inside the import's transaction,
         under the append lock: on failure the indexes are back as they were. On
         PostgreSQL dropping an index needs the table to itself, so a reader holding it
         (for a second) means the import runs with the indexes in place instead.
