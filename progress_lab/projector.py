@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -238,24 +239,26 @@ class ProjectionManager:
     def _frames(self, ranges: list[tuple[int, int]]) -> Generator[pl.DataFrame, None, None]:
         """The fold frames of ``ranges``, in order.
 
-        Reading the next batch (Arrow, outside the GIL) overlaps folding and writing this
-        one. A single batch, the usual catch-up while following the log, is read in this
-        thread: a reader thread would only add its start-up and hand-over to the latency.
+        Reading the next batches (Arrow, outside the GIL) overlaps folding and writing this
+        one; with two batches asked for ahead, the reader never waits for the fold to take
+        one before it starts the next. A single batch, the usual catch-up while following
+        the log, is read in this thread: a reader thread would only add its start-up and
+        hand-over to the latency.
         """
         if len(ranges) == 1:
             yield read_fold_frame(self.store, *ranges[0])
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-read") as reader:
-            pending = reader.submit(read_fold_frame, self.store, *ranges[0]) if ranges else None
+            pending = deque(reader.submit(read_fold_frame, self.store, *r) for r in ranges[:_READ_AHEAD])
             try:
                 for index in range(len(ranges)):
-                    assert pending is not None
-                    frame = pending.result()
-                    pending = reader.submit(read_fold_frame, self.store, *ranges[index + 1]) if index + 1 < len(ranges) else None
+                    frame = pending.popleft().result()
+                    if index + _READ_AHEAD < len(ranges):
+                        pending.append(reader.submit(read_fold_frame, self.store, *ranges[index + _READ_AHEAD]))
                     yield frame
             finally:
-                if pending is not None:
-                    pending.cancel()
+                for future in pending:
+                    future.cancel()
 
     # -- snapshots ---------------------------------------------------------------------------
     # The checkpoint, not the snapshot, is what makes a crash safe: snapshots only shorten
@@ -412,6 +415,9 @@ class ProjectionManager:
         return pl.DataFrame(
             rows, schema={"global_position": pl.Int64, "event_type": pl.String, "reason": pl.String}, orient="row"
         )
+
+
+_READ_AHEAD = 2  # batches read ahead of the fold
 
 
 def _batch_ranges(first: int, last: int, size: int) -> list[tuple[int, int]]:
