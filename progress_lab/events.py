@@ -164,11 +164,6 @@ def _no_fold(data: Mapping[str, Any]) -> tuple[Any, ...]:
     return _NO_FOLD
 
 
-def fold_row(event_type: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    """The function that gives :func:`fold_fields` of an event of ``event_type``."""
-    return _FOLD_ROWS.get(event_type, _no_fold)
-
-
 def fold_fields(event_type: str, data: Mapping[str, Any]) -> tuple[Any, ...]:
     """The typed copy of a validated event's fold fields, in :data:`FOLD_FIELDS` order.
 

@@ -326,10 +326,18 @@ def _parse_timestamps(texts: pl.Series) -> pl.Series:
     canonical = texts.str.contains(_CANONICAL_TIMESTAMP).fill_null(False)
     if not canonical.all():
         texts = pl.select(pl.when(canonical).then(texts)).to_series().alias(texts.name)
-    try:
-        parsed = pl.from_arrow(texts.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.timestamp("us", "UTC")))
-    except pa.ArrowInvalid:
+    parsed = _arrow_datetimes(texts, pa.timestamp("us", "UTC"))
+    if parsed is None:
         return texts.str.to_datetime(_TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False)
+    return parsed
+
+
+def _arrow_datetimes(texts: pl.Series, dtype: pa.DataType) -> pl.Series | None:
+    """The texts cast by Arrow's ISO 8601 parser, or ``None`` when it refuses one of them."""
+    try:
+        parsed = pl.from_arrow(texts.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(dtype))
+    except pa.ArrowInvalid:
+        return None
     assert isinstance(parsed, pl.Series)
     return parsed.alias(texts.name)
 
@@ -361,12 +369,10 @@ def _lines(column: pa.ChunkedArray) -> pa.Buffer | None:
 def _as_utc(column: pl.Series) -> pl.Series:
     """``created_at`` as a UTC datetime, whatever type the driver gave it."""
     if column.dtype == pl.String:
-        try:  # Arrow's cast is the fast one (see _parse_timestamps); polars reads what it refuses
-            parsed = pl.from_arrow(column.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.timestamp("us")))
-        except pa.ArrowInvalid:
+        parsed = _arrow_datetimes(column, pa.timestamp("us"))  # the fast one; polars reads what it refuses
+        if parsed is None:
             return column.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us", time_zone="UTC")
-        assert isinstance(parsed, pl.Series)
-        return parsed.dt.replace_time_zone("UTC").alias(column.name)
+        return parsed.dt.replace_time_zone("UTC")
     if isinstance(column.dtype, pl.Datetime) and column.dtype.time_zone is None:
         return column.dt.cast_time_unit("us").dt.replace_time_zone("UTC")
     return column.dt.cast_time_unit("us").dt.convert_time_zone("UTC")
@@ -503,12 +509,12 @@ def _typed_columns(columns: str) -> list[tuple[str, pl.DataType]]:
 
 
 def _typed_sql(columns: str, type_row: bool) -> str:
-    names = [name for name, _ in _typed_columns(columns)]
+    typed = _typed_columns(columns)
+    names = [name for name, _ in typed]
     first = ""
     if type_row:
-        stand_ins = [_TYPE_ROW[dtype] if name != "global_position" else _LOWEST for name, dtype in _typed_columns(columns)]
-        first = "SELECT " + ", ".join(f"{value} AS {name}" for value, (name, _) in zip(stand_ins, _typed_columns(columns)))
-        first += " UNION ALL "
+        stand_ins = (_LOWEST if name == "global_position" else _TYPE_ROW[dtype] for name, dtype in typed)
+        first = "SELECT " + ", ".join(f"{value} AS {name}" for value, name in zip(stand_ins, names)) + " UNION ALL "
     return (
         f"{first}SELECT {', '.join(names)} FROM event_store "
         "WHERE global_position >= {p1} AND global_position <= {p2} ORDER BY global_position"

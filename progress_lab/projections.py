@@ -457,9 +457,10 @@ def fold(
     answers = answers.filter(~pl.col("late"))
 
     done = completed.select("session_id")
+    # The correct items of the sessions still open before this batch, and of this batch.
+    open_items = pl.concat([state.session_items, answers.select("session_id", "item_id")])
     correct = (
-        pl.concat([state.session_items, answers.select("session_id", "item_id")])
-        .join(done, on="session_id", how="semi")
+        open_items.join(done, on="session_id", how="semi")
         .group_by("session_id")
         .agg(pl.col("item_id").n_unique().cast(pl.Int64).alias("correct"))
     )
@@ -494,11 +495,7 @@ def fold(
         )
     )
     sessions = pl.concat([state.sessions.join(updated, on="session_id", how="anti"), updated.cast(_STATE_SCHEMAS["sessions"])])  # type: ignore[arg-type]
-    session_items = (
-        pl.concat([state.session_items, answers.select("session_id", "item_id")])
-        .join(done, on="session_id", how="anti")  # first: most sessions complete in their batch
-        .unique()
-    )
+    session_items = open_items.join(done, on="session_id", how="anti").unique()  # anti first: most sessions complete in their batch
 
     # -- reviews: each compared with the review before it, in this batch or the state --
     # Sorted by item and position, a review's predecessor in the batch is the row above it

@@ -104,10 +104,6 @@ _STREAM_VERSION_KEY = next(
 )
 
 
-class _NewStreams(dict[str, int]):
-    """The stream versions of a bulk load: the log was empty, so no stream is looked up."""
-
-
 @dataclass(frozen=True)
 class SnapshotPolicy:
     """When to snapshot and how many snapshots to keep per stream."""
@@ -281,7 +277,7 @@ def _rows(
             if created.microsecond and type(created) is datetime and created.year >= 1000:
                 stored = fast_json(created)[1:27].decode().replace("T", " ")
             else:
-                stored = created.isoformat(" ", "microseconds")[:26]
+                stored = _schema.sqlite_timestamp(created)
         append(
             (
                 position,
@@ -450,9 +446,7 @@ class EventStore:
                     if len(chunk) >= _CHUNK:
                         if bulk is None:
                             bulk = self._defer_indexes(conn)
-                            if bulk:
-                                versions = _NewStreams()
-                        pending = self._write_chunk(conn, chunk, versions, pending)
+                        pending = self._write_chunk(conn, chunk, versions, pending, new_log=bulk)
                         total += len(chunk)
                         if on_progress:
                             on_progress(len(chunk))
@@ -460,7 +454,7 @@ class EventStore:
                     elif pending is not None and not len(chunk) % _FEED_EVERY:
                         pending.feed()
                 if chunk:
-                    pending = self._write_chunk(conn, chunk, versions, pending)
+                    pending = self._write_chunk(conn, chunk, versions, pending, new_log=bool(bulk))
                     total += len(chunk)
                     if on_progress:
                         on_progress(len(chunk))
@@ -478,13 +472,19 @@ class EventStore:
         return total
 
     def _write_chunk(
-        self, conn: sa.Connection, chunk: list[NewRecord], versions: dict[str, int], pending: ChunkCopy | None
+        self,
+        conn: sa.Connection,
+        chunk: list[NewRecord],
+        versions: dict[str, int],
+        pending: ChunkCopy | None,
+        *,
+        new_log: bool,
     ) -> ChunkCopy | None:
         if pending is not None:
             self._finish_copy(conn, pending)
         unknown = list({r.stream_id for r in chunk if r.stream_id not in versions})
-        # In a bulk load the log was empty: a stream not met yet is new.
-        found = {} if isinstance(versions, _NewStreams) else self._stream_versions(conn, unknown)
+        # A bulk load started on an empty log: a stream not met yet is new.
+        found = {} if new_log else self._stream_versions(conn, unknown)
         for stream_id in unknown:
             versions[stream_id] = found.get(stream_id, 0)
         if self.dialect != "postgresql":
