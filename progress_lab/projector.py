@@ -113,7 +113,6 @@ class ProjectionManager:
         self._snapshot_writer: ThreadPoolExecutor | None = None
         self._snapshot_pending: Future[None] | None = None
         self._last_snapshot_time = -float("inf")
-        self._snapshot_interval = 0.0  # run_forever sets its own
         self._stop = threading.Event()
 
     @property
@@ -165,14 +164,20 @@ class ProjectionManager:
         It returns once the snapshots it took are saved too.
         """
         try:
-            return self._catch_up(until, skip_busy_snapshots=False)
+            return self._catch_up(until)
         finally:
             self.wait_for_snapshot()
 
-    def _catch_up(self, until: int | None = None, *, skip_busy_snapshots: bool) -> RunReport:
+    def _catch_up(self, until: int | None = None, *, snapshot_interval: float | None = None) -> RunReport:
+        """Fold up to the head (or ``until``) and write the read models.
+
+        ``snapshot_interval`` is ``run_forever``'s: a due snapshot at most that often, and
+        none while the last is still being written. ``None`` (``run_once``) takes every
+        due snapshot, waiting for the last to be saved.
+        """
         state = self.state
         head = self.store.head_position() if until is None else until
-        return self._fold_range(state, head, write=True, skip_busy_snapshots=skip_busy_snapshots).report
+        return self._fold_range(state, head, write=True, snapshot_interval=snapshot_interval).report
 
     def rebuild(self) -> RunReport:
         """Drop the read models, checkpoint and snapshots of this projection, then replay from position 1."""
@@ -188,7 +193,7 @@ class ProjectionManager:
         return self.run_once()
 
     def _fold_range(
-        self, state: ProjectionState, head: int, *, write: bool, skip_busy_snapshots: bool = False
+        self, state: ProjectionState, head: int, *, write: bool, snapshot_interval: float | None = None
     ) -> _FoldResult:
         start = state.position
         started = time.perf_counter()
@@ -212,8 +217,8 @@ class ProjectionManager:
                 if write:
                     self._commit(state, new)
                     self._state = new
-                    due = self._snapshot_due(new.position, head)
-                    if due and self._start_snapshot(new, skip_if_busy=skip_busy_snapshots):
+                    due = self._snapshot_due(new.position, head, snapshot_interval)
+                    if due and self._start_snapshot(new, skip_if_busy=snapshot_interval is not None):
                         snapshots += 1
                 bar.update(end - state.position)
                 state = new
@@ -265,10 +270,10 @@ class ProjectionManager:
     # restarts, so they are taken after the commit, in the background, and a failed one is
     # a warning.
 
-    def _snapshot_due(self, position: int, head: int) -> bool:
+    def _snapshot_due(self, position: int, head: int, interval: float | None) -> bool:
         if not self.snapshot_policy.is_due(self._last_snapshot, position):
             return False
-        if time.monotonic() - self._last_snapshot_time < self._snapshot_interval:
+        if interval is not None and time.monotonic() - self._last_snapshot_time < interval:
             return False
         # Mid-way, the gap grows with the log (1M, 2M, 4M, ...): a snapshot costs time in
         # proportion to the state, so their total cost stays a fixed share of the replay.
@@ -361,11 +366,11 @@ class ProjectionManager:
         stop_event = stop or self._stop
         listener = _Listener(self.store) if self.store.dialect == "postgresql" else None
         backoff = poll_interval
-        self._snapshot_interval = snapshot_interval
         try:
             while not stop_event.is_set():
                 try:
-                    report = self._catch_up(skip_busy_snapshots=True)  # snapshots finish in the background
+                    # Snapshots finish in the background.
+                    report = self._catch_up(snapshot_interval=snapshot_interval)
                 except (StoreUnavailableError, CheckpointError, sa.exc.OperationalError) as exc:
                     self.last_error = str(exc)
                     log.warning("projection %s: %s; retrying in %.1f s", self.name, exc, backoff)
@@ -384,7 +389,6 @@ class ProjectionManager:
                 else:
                     stop_event.wait(poll_interval)
         finally:
-            self._snapshot_interval = 0.0
             self.wait_for_snapshot()
             if listener is not None:
                 listener.close()

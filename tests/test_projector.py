@@ -190,6 +190,41 @@ def test_run_forever_follows_new_events(db_url: str) -> None:
     assert_read_models_equal_reference(store)
 
 
+@pytest.mark.parametrize(("interval", "expected"), [(3600.0, 1), (0.0, 4)])
+def test_run_forever_snapshots_at_most_every_snapshot_interval(tmp_path: Path, interval: float, expected: int) -> None:
+    # Every catch-up is due (every=1). Following with an hour's interval snapshots once,
+    # at its first catch-up; with none, after each of the four catch-ups.
+    store = plab.connect(f"sqlite:///{tmp_path / 'store.db'}")
+    load_generated(store, users=2, days=3, seed=5)
+    manager = plab.ProjectionManager(store, snapshot_policy=plab.SnapshotPolicy(every=1, keep=100), progress=False)
+    stream = manager.snapshot_stream
+
+    def settle(snapshots: int) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+            manager.checkpoints.get("progress").position < store.head_position() or len(store.list_snapshots(stream)) < snapshots
+        ):
+            time.sleep(0.02)
+        time.sleep(0.1)  # the writer thread marks its snapshot done just after saving it
+
+    follower = threading.Thread(target=manager.run_forever, kwargs={"poll_interval": 0.02, "snapshot_interval": interval}, daemon=True)
+    follower.start()
+    try:
+        settle(1)
+        events = list(generate_events(users=2, days=3, seed=78))
+        assert len(events) >= 30
+        for k in range(3):
+            store.append_records(plab.record_from_dict(e) for e in events[k * 10 : (k + 1) * 10])
+            settle(min(expected, k + 2))
+        time.sleep(0.3)  # room for a snapshot that should not come
+    finally:
+        manager.stop()
+        follower.join(timeout=30)
+    assert not follower.is_alive()
+    assert manager.checkpoints.get("progress").position == store.head_position()
+    assert len(store.list_snapshots(stream)) == expected
+
+
 def test_monitor_reads_critical_when_stopped_and_normal_when_idle(db_url: str) -> None:
     now = [datetime(2026, 3, 1, 12, 0, tzinfo=UTC)]
     store = plab.connect(db_url, clock=lambda: now[0])
