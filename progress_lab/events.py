@@ -177,9 +177,10 @@ def format_timestamp(value: datetime) -> str:
     """Format an aware datetime as the store's canonical UTC text, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    if value.year < 1000 or type(value) is not datetime:  # strftime writes years < 1000 unpadded: keep that
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    # isoformat is several times faster than strftime; drop its "+00:00" for the "Z".
+    if type(value) is not datetime:  # a subclass (pandas' Timestamp) may format differently
+        value = datetime(*value.timetuple()[:6], value.microsecond, tzinfo=UTC)
+    # isoformat (several times faster than strftime, and it writes the year with four
+    # digits, which strftime does not below 1000); its "+00:00" becomes the "Z".
     return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 

@@ -845,6 +845,21 @@ def test_export_of_an_empty_store(store: EventStore, db_url: str, tmp_path: Path
     assert not list(tmp_path.glob(".empty.jsonl*"))  # no temporary file left behind
 
 
+def test_export_of_a_created_at_before_the_year_1000_imports_again(store: EventStore, other_db_url: str, tmp_path: Path) -> None:
+    # created_at is the writer's clock and has no year range; its text must stay ISO 8601 (four-digit year).
+    from progress_lab.store import NewRecord
+
+    ancient = datetime(999, 3, 4, 5, 6, 7, 8, tzinfo=UTC)
+    store.append_records([NewRecord("s", "ReviewProcessed", review(), meta(), "e1", ancient)])
+    path = tmp_path / "ancient.jsonl"
+    export_jsonl(store, path, progress=False)
+    assert json.loads(path.read_bytes())["created_at"] == "0999-03-04T05:06:07.000008Z"
+    with connect(other_db_url) as copy:
+        assert import_jsonl(copy, path, progress=False) == 1
+        assert [fields(e) for e in copy.read_all_events()] == [fields(e) for e in store.read_all_events()]
+        assert copy.read_all_events()[0].created_at == ancient
+
+
 def test_import_of_an_event_id_already_stored_writes_nothing(store: EventStore, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store.append_events("s", [UserCreated(user_id="u1")])
     path = tmp_path / "dup.jsonl"
