@@ -11,7 +11,7 @@ import shutil
 import threading
 import weakref
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "decode_frame",
     "frame_from_raw",
     "check_raw_event",
+    "read_raw_event",
     "load_json",
 ]
 
@@ -110,6 +111,19 @@ def check_raw_event(event_type: str, event_data: str | None, metadata: str | Non
     strings of at most 256 characters without NUL, and the metadata is a JSON object
     with a canonical UTC ``timestamp`` and a string-or-null ``user_id``.
     """
+    read = read_raw_event(event_type, event_data, metadata)
+    return read if isinstance(read, str) else None
+
+
+def read_raw_event(
+    event_type: str, event_data: str | None, metadata: str | None
+) -> tuple[dict[str, Any], dict[str, Any], datetime] | str:
+    """A stored known event decoded for the fold: ``(payload, metadata, UTC time)``.
+
+    Returns the reason instead when the event cannot be folded (see
+    :func:`check_raw_event`, which states the rule). The reference fold decodes each
+    event once, here.
+    """
     try:
         data = load_json(event_data, "event_data")
         meta = load_json(metadata, "metadata")
@@ -148,7 +162,7 @@ def check_raw_event(event_type: str, event_data: str | None, metadata: str | Non
         return "metadata.timestamp: not a valid time"
     if not YEAR_RANGE[0] <= when.year <= YEAR_RANGE[1]:
         return "metadata.timestamp: outside the years the fold accepts"
-    return None
+    return data, meta, when.replace(tzinfo=UTC)
 
 
 def load_json(text: str | None, column: str) -> Any:

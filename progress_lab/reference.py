@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import polars as pl
 
 from .events import KNOWN_EVENT_TYPES
-from .frames import check_raw_event, load_json
+from .frames import read_raw_event
 from .projections import FoldOptions
 from .read_models import DAILY_STATS_SCHEMA, REJECTIONS_SCHEMA, USER_PROGRESS_SCHEMA
 
@@ -81,12 +81,11 @@ class ReferenceFold:
             if event_type not in KNOWN_EVENT_TYPES:
                 self.ignored += 1
                 continue
-            if check_raw_event(event_type, event_data, metadata) is not None:
+            read = read_raw_event(event_type, event_data, metadata)
+            if isinstance(read, str):
                 self._reject(position, event_type, "malformed")
                 continue
-            data = load_json(event_data, "event_data")
-            meta = load_json(metadata, "metadata")
-            when = datetime.strptime(meta["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            data, meta, when = read
             reason = getattr(self, f"_on_{event_type}")(data, meta.get("user_id"), when)
             if reason is not None:
                 self._reject(position, event_type, reason)
