@@ -154,7 +154,7 @@ def compare_folds(path: Path, events: int) -> dict[str, float]:
         state = None
         for start in range(0, table.num_rows, chunk):
             started = time.perf_counter()
-            frame = decode_frame(table.slice(start, chunk))
+            frame = decode_frame(table.slice(start, chunk), columns="fold")
             decoding += time.perf_counter() - started
             state = plab.fold(frame, state)
     rows = list(

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import adbc_driver_manager
 import numpy as np
@@ -206,6 +206,7 @@ def _arrow_schema(fields: dict[str, pl.DataType]) -> pa.Schema:
 
 _PAYLOAD_ARROW = _arrow_schema({"type": pl.String(), **PAYLOAD_FIELDS})
 _META_ARROW = _arrow_schema(_META_FIELDS)
+_META_FOLD_ARROW = _arrow_schema({name: _META_FIELDS[name] for name in ("user_id", "timestamp")})
 
 
 def _decode_json(lines: pa.Buffer | None, schema: pa.Schema, n: int) -> pl.DataFrame | None:
@@ -233,28 +234,34 @@ def _decode_json(lines: pa.Buffer | None, schema: pa.Schema, n: int) -> pl.DataF
     return frame
 
 
-def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
+def decode_frame(table: pa.Table, *, raw: bool = False, columns: Literal["all", "fold"] = "all") -> pl.DataFrame:
     """Decode rows from their JSON text: the path for rows progress_lab did not write.
 
     ``table`` has the ``event_store`` columns ``global_position``, ``event_id``,
     ``stream_id``, ``stream_version``, ``event_type``, ``created_at``, ``event_data``
     and ``metadata``. Payload and metadata are decoded with a fixed schema (pyarrow,
     strict about JSON types); a batch with a row that breaks it is checked row by row.
+
+    With ``columns="fold"`` the result has the narrower :data:`FOLD_SCHEMA`, and
+    ``table`` needs only ``global_position``, ``event_type``, ``event_data`` and
+    ``metadata``: what the fold does not read is not decoded (the JSON is still
+    checked in full, so whether a row is malformed does not change).
     """
+    fold_only = columns == "fold"
+    schema = FOLD_SCHEMA if fold_only else FRAME_SCHEMA
     n = table.num_rows
     if n == 0:
         # An empty result carries no column types (ADBC's SQLite driver reports int64 for all).
-        return _empty_frame(FRAME_SCHEMA, raw)
+        return _empty_frame(schema, raw)
     table = _without_invalid_utf8(table)
-    base = pl.from_arrow(table.select(["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]))
+    base = pl.from_arrow(table.select(["global_position", "event_type"] if fold_only else _BASE_COLUMNS))
     assert isinstance(base, pl.DataFrame)
-    base = base.with_columns(
-        pl.col("global_position").cast(pl.Int64),
-        pl.col("stream_version").cast(pl.Int64),
-        _as_utc(base["created_at"]),
-    )
+    base = base.with_columns(pl.col("global_position").cast(pl.Int64))
+    if not fold_only:
+        base = base.with_columns(pl.col("stream_version").cast(pl.Int64), _as_utc(base["created_at"]))
+    meta_arrow = _META_FOLD_ARROW if fold_only else _META_ARROW
     payload = _decode_json(_lines(table.column("event_data")), _PAYLOAD_ARROW, n)
-    meta = _decode_json(_lines(table.column("metadata")), _META_ARROW, n)
+    meta = _decode_json(_lines(table.column("metadata")), meta_arrow, n)
     python_reasons = pl.Series("python_reason", [None] * n, dtype=pl.String)
     if payload is None or meta is None:
         payload, meta, python_reasons = _decode_row_by_row(table)
@@ -264,8 +271,7 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
             meta.select(
                 _parse_timestamps(meta["timestamp"]),
                 pl.col("user_id").alias("metadata_user_id"),
-                "correlation_id",
-                "causation_id",
+                *([] if fold_only else ["correlation_id", "causation_id"]),
             ),
             payload.rename({"type": "data_type"}),
             python_reasons.to_frame(),
@@ -284,13 +290,16 @@ def decode_frame(table: pa.Table, *, raw: bool = False) -> pl.DataFrame:
         ),
     ).drop("_type")
     frame = _validate(frame).with_columns(pl.coalesce("python_reason", "malformed").alias("malformed"))
-    columns = list(FRAME_SCHEMA)
+    names = list(schema)
     if raw:
         texts = pl.from_arrow(table.select(["event_data", "metadata"]))
         assert isinstance(texts, pl.DataFrame)
         frame = pl.concat([frame, texts.cast(pl.String)], how="horizontal")
-        columns += ["event_data", "metadata"]
-    return frame.select(columns)
+        names += ["event_data", "metadata"]
+    return frame.select(names)
+
+
+_BASE_COLUMNS = ["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]
 
 
 _NOT_UTF8 = "(stored text is not valid UTF-8)"
@@ -373,7 +382,7 @@ def _lines(column: pa.ChunkedArray) -> pa.Buffer | None:
     assert isinstance(texts, pl.Series)
     if texts.null_count() or not texts.str.starts_with("{").all():
         return None
-    if texts.str.contains("\n", literal=True).any() or texts.str.contains("\r", literal=True).any():
+    if texts.str.contains("[\n\r]").any():
         return None
     text = texts.str.join("\n").to_arrow(compat_level=pl.CompatLevel.oldest())
     first, last = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + 2]
@@ -461,11 +470,11 @@ def _decode_row_by_row(table: pa.Table) -> tuple[pl.DataFrame, pl.DataFrame, pl.
     meta_rows: list[dict[str, Any]] = []
     reasons: list[str | None] = []
     for event_type, data, meta in zip(types, datas, metas):
-        reason = check_raw_event(event_type, data, meta) if event_type in KNOWN_EVENT_TYPES else None
-        reasons.append(reason)
-        payload = _loads_object(data, "event_data") if reason is None else {}
+        read = read_raw_event(event_type, data, meta) if event_type in KNOWN_EVENT_TYPES else None
+        reasons.append(read if isinstance(read, str) else None)
+        payload: dict[str, Any] = read[0] if isinstance(read, tuple) else {}
         payloads.append({name: _typed(payload.get(name), dtype) for name, dtype in _PAYLOAD_WITH_TYPE.items()})
-        meta_obj = _loads_object(meta, "metadata")
+        meta_obj = read[1] if isinstance(read, tuple) else _loads_object(meta, "metadata")
         meta_rows.append({name: _typed(meta_obj.get(name), dtype) for name, dtype in _META_FIELDS.items()})
     return (
         pl.DataFrame(payloads, schema=_PAYLOAD_WITH_TYPE, orient="row"),
@@ -538,19 +547,19 @@ def _typed_sql(columns: str, type_row: bool) -> str:
 # SQLite keeps whatever bytes a foreign writer stored: read the texts as bytes, so that a
 # row that is not UTF-8 becomes malformed (decode_frame) instead of failing the batch.
 _JSON_SQL = (
-    "SELECT global_position, event_id, stream_id, stream_version, event_type, created_at, "
-    "{texts} FROM event_store WHERE global_position >= {p1} AND global_position <= {p2} {extra} "
+    "SELECT {base}, {texts} FROM event_store WHERE global_position >= {p1} AND global_position <= {p2} {extra} "
     "ORDER BY global_position"
 )
 
 
-def _json_sql(store: EventStore, extra: str) -> str:
+def _json_sql(store: EventStore, extra: str, columns: str = "all") -> str:
     texts = (
         "CAST(event_data AS BLOB) AS event_data, CAST(metadata AS BLOB) AS metadata"
         if store.dialect == "sqlite"
         else "event_data, metadata"
     )
-    return _JSON_SQL.replace("{texts}", texts).replace("{extra}", extra)
+    base = ", ".join(_BASE_COLUMNS if columns == "all" else ["global_position", "event_type"])
+    return _JSON_SQL.replace("{base}", base).replace("{texts}", texts).replace("{extra}", extra)
 
 
 # Reads of at least this many positions from a SQLite file go through the reader process.
@@ -645,7 +654,8 @@ def _read(store: EventStore, from_position: int, to_position: int, columns: str,
     if untyped.height:
         # Rows other tools wrote: decode their JSON text (and validate it as strictly).
         decoded = decode_frame(
-            _query(store, _json_sql(store, "AND typed IS NULL"), from_position, to_position)
+            _query(store, _json_sql(store, "AND typed IS NULL", columns), from_position, to_position),
+            columns="fold" if columns == "fold" else "all",
         )
         frame = pl.concat([frame.filter(pl.col("typed") == 1).select(list(schema)), decoded.select(list(schema))]).sort(
             "global_position"
@@ -816,11 +826,13 @@ def frame_from_raw(
     rows: list[tuple[int, str, str | None, str | None]],
     *,
     created_at: datetime | None = None,
+    columns: Literal["all", "fold"] = "all",
 ) -> pl.DataFrame:
     """The events frame of raw ``(global_position, event_type, event_data, metadata)`` rows.
 
     For tests and benchmarks that hold a log in memory rather than in a store: it takes
-    the JSON decoding path. Stream ids and versions are placeholders.
+    the JSON decoding path (:func:`decode_frame`, with its ``columns``). Stream ids and
+    versions are placeholders.
     """
     n = len(rows)
     positions = [r[0] for r in rows]
@@ -837,4 +849,4 @@ def frame_from_raw(
             "metadata": pa.array([r[3] for r in rows], type=pa.string()),
         }
     )
-    return decode_frame(table)
+    return decode_frame(table, columns=columns)

@@ -49,7 +49,7 @@ from strategies import (
 
 from progress_lab import projections  # noqa: E402
 from progress_lab.events import KNOWN_EVENT_TYPES  # noqa: E402
-from progress_lab.frames import check_raw_event, frame_from_raw  # noqa: E402
+from progress_lab.frames import FOLD_SCHEMA, check_raw_event, frame_from_raw  # noqa: E402
 from progress_lab.projections import FoldOptions, ProjectionState, fold  # noqa: E402
 from progress_lab.read_models import DAILY_STATS_SCHEMA, REJECTIONS_SCHEMA, USER_PROGRESS_SCHEMA  # noqa: E402
 from progress_lab.reference import ReferenceFold  # noqa: E402
@@ -159,6 +159,8 @@ def test_reference_fold_equals_vectorized_fold(drawn: tuple[Log, FoldOptions], a
     reference = ReferenceFold(options).fold(log.rows)
     state = vectorized(log.rows, options)
     assert_same(reference, state, log.base + timedelta(days=as_of_offset))
+    # Decoding only what the fold reads gives the fold the same frame.
+    assert_frame_equal(frame_from_raw(log.rows, columns="fold"), frame_from_raw(log.rows).select(list(FOLD_SCHEMA)))
 
     # Every corrupt row of a known type is rejected as malformed (by both, as they are equal).
     reasons = {p: r for p, _, r in reference.rejections().iter_rows()}
