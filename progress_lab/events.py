@@ -357,6 +357,11 @@ def _known_data(event: _Event) -> dict[str, Any]:
 def _check_text(data: Mapping[str, Any], metadata: EventMetadata) -> None:
     # Identifiers and metadata go to typed text columns: PostgreSQL text cannot hold NUL (and
     # the fold treats an identifier with NUL as malformed); no database stores a lone surrogate.
+    texts = [value for value in data.values() if isinstance(value, str)]
+    texts += [value for value in (metadata.user_id, metadata.correlation_id, metadata.causation_id) if value]
+    joined = "".join(texts)
+    if "\x00" not in joined and not _SURROGATE.search(joined):  # the usual case: one scan of all the text
+        return
     fold = FIELDS_BY_TYPE.get(data["type"], ())
     where = [(f"event_data.{name}", value, name in fold) for name, value in data.items()]
     where += [(f"metadata.{name}", getattr(metadata, name), True) for name in ("user_id", "correlation_id", "causation_id")]

@@ -329,7 +329,17 @@ _BAD_EVENTS: list[tuple[str, Any, str]] = [
     ("metadata user id wrong type", ({**_STARTED}, {"user_id": 5, "timestamp": "2026-01-05T08:00:00Z"}), "user_id"),
     ("metadata unknown key", ({**_STARTED}, {"timestamp": "2026-01-05T08:00:00Z", "ip": "1.2.3.4"}), "ip"),
     ("metadata bad timestamp", ({**_STARTED}, {"timestamp": "yesterday"}), "timestamp"),
+    ("NUL in a fold identifier", {**_STARTED, "session_id": "s\x00"}, "event_data.session_id: must not contain a NUL"),
+    ("lone surrogate in another field", {**_STARTED, "deck_id": "d\ud800"}, "event_data.deck_id: must not contain a lone surrogate"),
+    ("NUL in metadata", ({**_STARTED}, {"timestamp": "2026-01-05T08:00:00Z", "correlation_id": "c\x00"}), "metadata.correlation_id"),
+    ("lone surrogate in metadata", ({**_STARTED}, {"timestamp": "2026-01-05T08:00:00Z", "causation_id": "\udfff"}), "metadata.causation_id"),
 ]
+
+
+def test_a_nul_outside_the_typed_columns_is_kept(store: EventStore) -> None:
+    # Only text that goes to a typed column must be free of NUL; the JSON text holds it escaped.
+    store.append_events("stream", [{**_STARTED, "deck_id": "d\x00"}])
+    assert store.read_all_events()[0].event_data["deck_id"] == "d\x00"
 
 
 def test_invalid_events_are_rejected_and_nothing_written(store: EventStore) -> None:
