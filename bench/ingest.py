@@ -13,7 +13,8 @@ Methods, each into a fresh database (a new SQLite file, a new PostgreSQL databas
   and once more with one call per ``--batch-size`` events;
 * raw: ``sqlite3.executemany`` / psycopg ``COPY`` of the very rows progress_lab writes
   (same columns, including the typed fold columns) into the same schema with the same
-  indexes (``progress_lab._schema.metadata.create_all``), in one transaction;
+  indexes (``progress_lab._schema.metadata.create_all``; on SQLite, the same page size),
+  in one transaction;
 * eventsourcing: the ``eventsourcing`` library's ``SQLiteApplicationRecorder`` and
   ``PostgresApplicationRecorder``, ``insert_events`` with ``--batch-size`` events per
   call, into the library's own schema. Needs ``pip install eventsourcing[postgres]``;
@@ -55,7 +56,7 @@ import progress_lab as plab
 from progress_lab import _schema
 from progress_lab.events import FIELDS_BY_TYPE, FOLD_FIELDS, EventMetadata
 from progress_lab.jsonl import import_jsonl
-from progress_lab.store import NewRecord
+from progress_lab.store import SQLITE_PAGE_SIZE, NewRecord
 
 Event = dict[str, Any]
 COLUMNS = [column.name for column in _schema.event_store.columns]  # the columns progress_lab writes
@@ -225,6 +226,9 @@ def sqlite_runs(folder: Path, events: list[Event], jsonl: Path, batch_size: int,
         import sqlalchemy as sa
 
         path = new_file()
+        with sqlite3.connect(path) as conn:  # the page size progress_lab gives its files
+            conn.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
+            conn.execute("PRAGMA journal_mode=WAL")  # writes the header: the page size stays
         engine = sa.create_engine(f"sqlite:///{path}")
         _schema.metadata.create_all(engine)
         engine.dispose()

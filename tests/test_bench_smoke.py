@@ -160,3 +160,10 @@ def test_follow(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     assert row["unseen"] == 0  # every commit became visible in the read models
     assert {"p50 ms", "p95 ms", "p99 ms", "max ms"} <= row.keys()
     assert len(payload["delays_ms"][backend]) == row["commits"]
+
+
+def test_page_size(tmp_path: Path) -> None:
+    run(BENCH / "page_size.py", "--events", "2000", "--rounds", "1", "--results-dir", str(tmp_path), cwd=tmp_path)
+    payload = results(tmp_path, "page_size")
+    assert sorted(row["page size"] for row in payload["rows"]) == [4096, 16384]
+    assert {"import", "replay"} == payload["ratios"].keys()

@@ -355,6 +355,24 @@ def test_invalid_events_are_rejected_and_nothing_written(store: EventStore) -> N
         assert_empty(store)
 
 
+def test_a_new_sqlite_file_gets_16k_pages_and_an_older_file_keeps_its_own(tmp_path: Path) -> None:
+    import sqlite3
+
+    from progress_lab.store import SQLITE_PAGE_SIZE
+
+    assert SQLITE_PAGE_SIZE == 16384
+    fresh, older = tmp_path / "fresh.db", tmp_path / "older.db"
+    with sqlite3.connect(older) as conn:  # a file another tool (or an older progress_lab) made
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("CREATE TABLE other_tool (x)")
+    for path in (fresh, older):
+        with connect(f"sqlite:///{path}") as store:
+            store.append_events("s", [UserCreated(user_id="u1")])
+            assert store.count_events() == 1
+    page_size = {path: sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0] for path in (fresh, older)}
+    assert page_size == {fresh: 16384, older: 4096}
+
+
 def test_invalid_stream_ids_are_rejected(store: EventStore) -> None:
     for stream_id in ["", "a\nb", "a\x00b", "tab\there", "esc\x1b", "x" * 257, 42, None]:
         with pytest.raises(EventValidationError, match="stream_id"):
