@@ -234,6 +234,10 @@ def _decode_json(lines: pa.Buffer | None, schema: pa.Schema, n: int) -> pl.DataF
     return frame
 
 
+# The event_store columns of a frame that are not decoded from JSON.
+_BASE_COLUMNS = ["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]
+
+
 def decode_frame(table: pa.Table, *, raw: bool = False, columns: Literal["all", "fold"] = "all") -> pl.DataFrame:
     """Decode rows from their JSON text: the path for rows progress_lab did not write.
 
@@ -297,9 +301,6 @@ def decode_frame(table: pa.Table, *, raw: bool = False, columns: Literal["all", 
         frame = pl.concat([frame, texts.cast(pl.String)], how="horizontal")
         names += ["event_data", "metadata"]
     return frame.select(names)
-
-
-_BASE_COLUMNS = ["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]
 
 
 _NOT_UTF8 = "(stored text is not valid UTF-8)"
