@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import signal
@@ -190,10 +191,13 @@ def test_run_forever_follows_new_events(db_url: str) -> None:
     assert_read_models_equal_reference(store)
 
 
-@pytest.mark.parametrize(("interval", "expected"), [(3600.0, 1), (0.0, 4)])
-def test_run_forever_snapshots_at_most_every_snapshot_interval(tmp_path: Path, interval: float, expected: int) -> None:
+@pytest.mark.parametrize(("interval", "expected"), [(3600.0, 1), (0.0, 4), (None, 1)])
+def test_run_forever_snapshots_at_most_every_snapshot_interval(tmp_path: Path, interval: float | None, expected: int) -> None:
     # Every catch-up is due (every=1). Following with an hour's interval snapshots once,
-    # at its first catch-up; with none, after each of the four catch-ups.
+    # at its first catch-up; with none, after each of the four catch-ups; with the default
+    # (30 s, longer than this test), once.
+    default = inspect.signature(plab.ProjectionManager.run_forever).parameters["snapshot_interval"].default
+    assert default == 30.0  # as the README says
     store = plab.connect(f"sqlite:///{tmp_path / 'store.db'}")
     load_generated(store, users=2, days=3, seed=5)
     manager = plab.ProjectionManager(store, snapshot_policy=plab.SnapshotPolicy(every=1, keep=100), progress=False)
@@ -207,7 +211,8 @@ def test_run_forever_snapshots_at_most_every_snapshot_interval(tmp_path: Path, i
             time.sleep(0.02)
         time.sleep(0.1)  # the writer thread marks its snapshot done just after saving it
 
-    follower = threading.Thread(target=manager.run_forever, kwargs={"poll_interval": 0.02, "snapshot_interval": interval}, daemon=True)
+    options: dict[str, float] = {"poll_interval": 0.02} if interval is None else {"poll_interval": 0.02, "snapshot_interval": interval}
+    follower = threading.Thread(target=manager.run_forever, kwargs=options, daemon=True)
     follower.start()
     try:
         settle(1)
