@@ -4,11 +4,13 @@ Usage::
 
     python bench/follow.py                          # 1,000 events/s for 60 s, SQLite and PostgreSQL
     python bench/follow.py --rate 500 --seconds 20 --backends postgresql
+    python bench/follow.py --backends postgresql --snapshot-interval 5
     python bench/follow.py --pg-url postgresql://user@host/postgres
 
 Per backend, in a fresh database holding ``--preload`` generated events:
 
-* a projector process runs ``ProjectionManager.run_forever(poll_interval=...)`` (on
+* a projector process runs ``ProjectionManager.run_forever(poll_interval=...)``, with
+  ``--snapshot-interval`` when given (on
   PostgreSQL it wakes on the store's notifications, on SQLite it polls);
 * ``--writers`` writer processes append the next generated events at ``--rate``
   events/s in total, one ``append_records`` transaction every ``--batch-ms`` with the
@@ -28,6 +30,7 @@ throwaway server unless ``--pg-url`` names one. Results go to ``bench/results/fo
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import multiprocessing as mp
 import queue
@@ -69,13 +72,16 @@ def _records(events: list[dict[str, Any]], *, keep_created: bool) -> Iterator[Ne
 # -- the child processes ---------------------------------------------------------------------
 
 
-def _projector(url: str, poll_interval: float, stop: Any, out: Any) -> None:
+def _projector(url: str, poll_interval: float, snapshot_interval: float | None, stop: Any, out: Any) -> None:
     store = plab.connect(url)
     manager = plab.ProjectionManager(store, name=PROJECTION, progress=False)
     reports: list[tuple[float, int, float]] = []  # (end time, events folded, seconds) per catch-up
+    # None: run_forever's own default.
+    options = {} if snapshot_interval is None else {"snapshot_interval": snapshot_interval}
     try:
         manager.run_forever(
             poll_interval=poll_interval,
+            **options,
             stop=stop,  # a multiprocessing.Event: the is_set()/wait() run_forever needs
             on_report=lambda r: reports.append((time.time(), r.events_folded, r.seconds)),
         )
@@ -159,7 +165,7 @@ def follow(backend: str, url: str, events: list[dict[str, Any]], args: argparse.
     start = ctx.Value("d", 0.0)
     results: Any = ctx.Queue()
     stats: Any = ctx.Queue()
-    projector = ctx.Process(target=_projector, args=(url, args.poll_interval, stop, stats), name="follow-projector")
+    projector = ctx.Process(target=_projector, args=(url, args.poll_interval, args.snapshot_interval, stop, stats), name="follow-projector")
     writers = [
         ctx.Process(
             target=_writer,
@@ -279,6 +285,11 @@ def follow(backend: str, url: str, events: list[dict[str, Any]], args: argparse.
     }
 
 
+def _interval(seconds: float | None) -> str:
+    default = inspect.signature(plab.ProjectionManager.run_forever).parameters["snapshot_interval"].default
+    return f"{default:g} s (the default)" if seconds is None else f"{seconds:g} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -291,6 +302,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--poll-interval", type=float, default=0.1, help="run_forever's poll_interval in seconds (default 0.1)"
+    )
+    parser.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=None,
+        help="run_forever's snapshot_interval in seconds (default: run_forever's own, 30)",
     )
     parser.add_argument(
         "--sample-ms", type=float, default=5.0, help="checkpoint poll period of the observer in ms (default 5)"
@@ -337,7 +354,8 @@ def main() -> None:
 
     print_table(
         f"Commit -> visible in the read models ({args.writers} writers, a commit every {args.batch_ms:g} ms each; "
-        f"poll_interval {args.poll_interval:g} s; observer polls every {args.sample_ms:g} ms)",
+        f"poll_interval {args.poll_interval:g} s; snapshot_interval {_interval(args.snapshot_interval)}; "
+        f"observer polls every {args.sample_ms:g} ms)",
         [{k: v for k, v in row.items() if k != "delays_ms"} for row in rows],
     )
     if "postgresql" in chosen:

@@ -234,8 +234,9 @@ def _decode_json(lines: pa.Buffer | None, schema: pa.Schema, n: int) -> pl.DataF
     return frame
 
 
-# The event_store columns of a frame that are not decoded from JSON.
+# The event_store columns of a frame that are not decoded from JSON (all, and the fold's).
 _BASE_COLUMNS = ["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]
+_FOLD_BASE_COLUMNS = ["global_position", "event_type"]
 
 
 def decode_frame(table: pa.Table, *, raw: bool = False, columns: Literal["all", "fold"] = "all") -> pl.DataFrame:
@@ -258,7 +259,7 @@ def decode_frame(table: pa.Table, *, raw: bool = False, columns: Literal["all", 
         # An empty result carries no column types (ADBC's SQLite driver reports int64 for all).
         return _empty_frame(schema, raw)
     table = _without_invalid_utf8(table)
-    base = pl.from_arrow(table.select(["global_position", "event_type"] if fold_only else _BASE_COLUMNS))
+    base = pl.from_arrow(table.select(_FOLD_BASE_COLUMNS if fold_only else _BASE_COLUMNS))
     assert isinstance(base, pl.DataFrame)
     base = base.with_columns(pl.col("global_position").cast(pl.Int64))
     if not fold_only:
@@ -559,7 +560,7 @@ def _json_sql(store: EventStore, extra: str, columns: str = "all") -> str:
         if store.dialect == "sqlite"
         else "event_data, metadata"
     )
-    base = ", ".join(_BASE_COLUMNS if columns == "all" else ["global_position", "event_type"])
+    base = ", ".join(_BASE_COLUMNS if columns == "all" else _FOLD_BASE_COLUMNS)
     return _JSON_SQL.replace("{base}", base).replace("{texts}", texts).replace("{extra}", extra)
 
 

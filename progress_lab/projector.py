@@ -360,8 +360,8 @@ class ProjectionManager:
         While following, a due snapshot is taken at most once every ``snapshot_interval``
         seconds (30 by default): a catch-up of a few hundred events would otherwise
         snapshot the whole state each time, and a snapshot's CPU is taken from the next
-        catch-ups (``bench/follow.py`` on PostgreSQL: p95 254 ms with 5 s, 195 and 213 ms
-        with 30 s). A restart after a crash refolds at most the events of those seconds.
+        catch-ups (``bench/follow.py --snapshot-interval`` compares settings). A restart
+        after a crash refolds at most the events of those seconds.
         """
         stop_event = stop or self._stop
         listener = _Listener(self.store) if self.store.dialect == "postgresql" else None

@@ -148,6 +148,8 @@ def test_follow(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
         "200",
         "--sample-ms",
         "10",
+        "--snapshot-interval",
+        "5",
         *backend_args(backend, request),
         "--results-dir",
         str(tmp_path),
@@ -160,6 +162,7 @@ def test_follow(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     assert row["unseen"] == 0  # every commit became visible in the read models
     assert {"p50 ms", "p95 ms", "p99 ms", "max ms"} <= row.keys()
     assert len(payload["delays_ms"][backend]) == row["commits"]
+    assert payload["parameters"]["snapshot_interval"] == 5.0
 
 
 def test_page_size(tmp_path: Path) -> None:
