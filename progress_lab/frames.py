@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import threading
 import weakref
@@ -19,6 +20,7 @@ import adbc_driver_manager
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 import sqlalchemy as sa
 
@@ -209,7 +211,7 @@ _META_ARROW = _arrow_schema(_META_FIELDS)
 _META_FOLD_ARROW = _arrow_schema({name: _META_FIELDS[name] for name in ("user_id", "timestamp")})
 
 
-def _decode_json(lines: pa.Buffer | None, schema: pa.Schema, n: int) -> pl.DataFrame | None:
+def _decode_json(lines: tuple[pa.Buffer, int] | None, schema: pa.Schema, n: int) -> pl.DataFrame | None:
     """Decode NDJSON (see :func:`_lines`) with a fixed schema, or ``None`` when any row breaks it.
 
     pyarrow's reader is strict about JSON types (a number where a string is expected
@@ -222,14 +224,18 @@ def _decode_json(lines: pa.Buffer | None, schema: pa.Schema, n: int) -> pl.DataF
     # whose first value is a bare `null` (apache/arrow#47409).
     if lines is None:
         return None
-    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    document, mark = lines
+    options = pajson.ParseOptions(explicit_schema=schema.append(pa.field(_LINE_MARK, pa.int64())),
+                                  unexpected_field_behavior="ignore")
     try:
-        table = pajson.read_json(pa.BufferReader(lines), parse_options=options)
+        table = pajson.read_json(pa.BufferReader(document), parse_options=options)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    if table.num_rows != n:
+    # n objects, each opened by a line's own mark: so each line held exactly one object.
+    marks = table.column(_LINE_MARK)
+    if table.num_rows != n or marks.null_count or not pc.all(pc.equal(marks, mark)).as_py():
         return None
-    frame = pl.from_arrow(table)
+    frame = pl.from_arrow(table.drop_columns([_LINE_MARK]))
     assert isinstance(frame, pl.DataFrame)
     return frame
 
@@ -371,14 +377,26 @@ def _empty_frame(schema: dict[str, pl.DataType], raw: bool) -> pl.DataFrame:
     return pl.DataFrame(schema={**schema, **({"event_data": pl.String(), "metadata": pl.String()} if raw else {})})
 
 
-def _lines(column: pa.ChunkedArray) -> pa.Buffer | None:
-    """The JSON texts as one NDJSON document, or ``None`` when that cannot be done safely.
+# The key of the mark that opens each line of a JSON document (see _lines).
+_LINE_MARK = "~line"
 
-    Each text becomes a line (polars joins them with newlines in one copy). A
-    text that is not an object (``null``, a number, empty) or that holds a raw line break
-    (JSON allows one between tokens, never inside a string) could not be told apart from
-    its neighbours in one document, and such batches (rare: foreign writers) are checked
-    row by row instead.
+
+def _lines(column: pa.ChunkedArray) -> tuple[pa.Buffer, int] | None:
+    """The JSON texts as one NDJSON document, with the mark its lines carry; ``None`` when unsafe.
+
+    Each text becomes a line (polars joins them in one copy), its opening brace followed
+    by a mark, ``"~line":<random>``, short because every line's is parsed.
+
+    A line break is only whitespace to a JSON reader, so the document alone cannot show
+    where a text ends: one text could leave an object open for the next to close, and
+    another hold two objects. An object has the mark at its top level only when it opens
+    a line: a text that writes the key itself, in any escaped form, either repeats it
+    in that line's object (an error) or must guess the random value. So n objects that
+    all have the mark are the n texts, one each.
+
+    A text that is not an object (``null``, a number, empty) or that holds a raw line
+    break (JSON allows one between tokens, never inside a string) is not made a line;
+    such batches (rare: foreign writers) are checked row by row instead.
     """
     texts = pl.from_arrow(column)
     assert isinstance(texts, pl.Series)
@@ -386,9 +404,15 @@ def _lines(column: pa.ChunkedArray) -> pa.Buffer | None:
         return None
     if texts.str.contains("[\n\r]").any():
         return None
-    text = texts.str.join("\n").to_arrow(compat_level=pl.CompatLevel.oldest())
+    mark = secrets.randbits(31)  # guessing it has a chance of 2**-31 per batch
+    opening = f'{{"{_LINE_MARK}":{mark},'
+    # Each text's brace is replaced by the opening: the first text's here, the others' by the
+    # separator. (An empty object becomes `{"~line":m,}`, an error, so its batch goes row by row.)
+    rest = texts.str.slice(1)
+    rest = pl.concat([opening + rest[:1], rest[1:]])
+    text = rest.str.join("\n" + opening).to_arrow(compat_level=pl.CompatLevel.oldest())
     first, last = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + 2]
-    return text.buffers()[2][first:last]
+    return text.buffers()[2][first:last], mark
 
 
 def _as_utc(column: pl.Series) -> pl.Series:

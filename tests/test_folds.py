@@ -701,3 +701,30 @@ def test_extreme_timestamps_never_stop_a_replay(stamp: str, options: FoldOptions
         review(5, "u1", "x", 30, stamp),
     ]
     both(rows, options)
+
+
+@pytest.mark.parametrize("second", ['{"a":1}{"a":2}', '{"a":1}{"~line":1}', '{"a":1}{"\\u007eline":1}'])
+@pytest.mark.parametrize("column", ["event_data", "metadata"])
+def test_a_text_is_one_json_object_even_when_its_neighbours_close_it(column: str, second: str) -> None:
+    # The vectorized fold reads the texts as the lines of one JSON document, where a line
+    # break is only whitespace: row 2 closing row 1's object, and row 3 holding two, must
+    # not line up into three objects that pass for the three rows (see frames._lines).
+    texts = {"event_data": '{"type":"UserCreated","user_id":"u1"}',
+             "metadata": '{"user_id":null,"timestamp":"2026-01-01T00:00:00.000000Z"}'}
+    open_row = dict(texts, **{column: texts[column][:-1] + ',"x":['})
+    closer = dict(texts, **{column: "{}]}"})
+    double = dict(texts, **{column: second})
+    rows = [(1, "UserCreated", open_row["event_data"], open_row["metadata"]),
+            (2, "Unknown", closer["event_data"], closer["metadata"]),
+            (3, "Unknown", double["event_data"], double["metadata"])]
+    for folded in both(rows):
+        assert folded.rejections().rows() == [(1, "UserCreated", "malformed")]
+        assert folded.user_progress().height == 0
+
+
+@pytest.mark.parametrize("extra", ['"~line":1', '"\\u007eline":1', '"~line":null'])
+def test_a_payload_may_have_the_line_mark_key(extra: str) -> None:
+    data = '{"type":"UserCreated","user_id":"u1",%s}' % extra
+    for folded in both([(1, "UserCreated", data, '{"user_id":null,"timestamp":"2026-01-01T00:00:00.000000Z"}')]):
+        assert folded.rejections().height == 0
+        assert folded.user_progress()["user_id"].to_list() == ["u1"]
