@@ -10,7 +10,9 @@ Methods, each into a fresh database (a new SQLite file, a new PostgreSQL databas
 
 * ``progress_lab import_jsonl``: ``import_jsonl(store, file)``, the user-facing path;
 * ``progress_lab append_records``: ``store.append_records`` with all events in one call,
-  and once more with one call per ``--batch-size`` events;
+  once more with the bulk load's other way with the indexes (built at the end, or kept
+  up to date: ``progress_lab.store.DEFER_INDEXES``), and once with one call per
+  ``--batch-size`` events;
 * raw: ``sqlite3.executemany`` / psycopg ``COPY`` of the very rows progress_lab writes
   (same columns, including the typed fold columns) into the same schema with the same
   indexes (``progress_lab._schema.metadata.create_all``; on SQLite, the same page size),
@@ -56,7 +58,7 @@ import progress_lab as plab
 from progress_lab import _schema
 from progress_lab.events import FIELDS_BY_TYPE, FOLD_FIELDS, EventMetadata
 from progress_lab.jsonl import import_jsonl
-from progress_lab.store import SQLITE_PAGE_SIZE, NewRecord
+from progress_lab.store import DEFER_INDEXES, SQLITE_PAGE_SIZE, NewRecord
 
 Event = dict[str, Any]
 COLUMNS = [column.name for column in _schema.event_store.columns]  # the columns progress_lab writes
@@ -64,7 +66,10 @@ TARGETS = {"sqlite": 1.5, "postgresql": 3.0}  # progress_lab vs eventsourcing, f
 
 TIMED = {
     "progress_lab import_jsonl": "JSONL file -> parse + validate every event -> one transaction",
-    "progress_lab append_records": "dicts -> NewRecord (metadata validated) -> one append_records call",
+    "progress_lab append_records": "dicts -> NewRecord (metadata validated) -> one append_records call "
+    "(a bulk load: SQLite builds the secondary indexes at the end, PostgreSQL keeps them up to date)",
+    "progress_lab append_records, indexes deferred": "as append_records, the secondary indexes built at the end",
+    "progress_lab append_records, indexes kept": "as append_records, the secondary indexes kept up to date",
     "progress_lab append_records/batch": "dicts -> NewRecord -> one append_records call (transaction) per batch",
     "raw sqlite3.executemany": "dicts -> row tuples (JSON text, versions, typed columns) -> executemany, one transaction",
     "raw psycopg COPY": "dicts -> row tuples (JSON text, versions, typed columns) -> COPY, one transaction",
@@ -165,6 +170,21 @@ def chunks(events: list[Event], size: int) -> Iterator[list[Event]]:
         yield events[start : start + size]
 
 
+def other_index_mode(dialect: str, events: list[Event]) -> tuple[str, Callable[[plab.EventStore], None]]:
+    """The method name and body of append_records with the dialect's other way with indexes
+    (``progress_lab.store.DEFER_INDEXES``), so that the default is measured against it."""
+    default = DEFER_INDEXES[dialect]
+
+    def body(store: plab.EventStore) -> None:
+        DEFER_INDEXES[dialect] = not default
+        try:
+            store.append_records(new_records(events))
+        finally:
+            DEFER_INDEXES[dialect] = default
+
+    return f"progress_lab append_records, indexes {'kept' if default else 'deferred'}", body
+
+
 # -- one measured run per method and backend ---------------------------------------------------
 
 
@@ -246,6 +266,7 @@ def sqlite_runs(folder: Path, events: list[Event], jsonl: Path, batch_size: int,
         conn.execute("COMMIT")
         conn.close()
 
+    other, other_body = other_index_mode("sqlite", events)
     runs = [
         Run("raw sqlite3.executemany", raw_setup, raw_body, count, remove),
         Run(
@@ -255,6 +276,7 @@ def sqlite_runs(folder: Path, events: list[Event], jsonl: Path, batch_size: int,
             store_count,
             store_teardown,
         ),
+        Run(other, store_setup, lambda h: other_body(h[0]), store_count, store_teardown),
         Run(
             "progress_lab append_records/batch",
             store_setup,
@@ -330,6 +352,7 @@ def postgres_runs(admin_url: str, events: list[Event], jsonl: Path, batch_size: 
                 for row in raw_rows(events, sqlite=False):
                     copy.write_row(row)
 
+    other, other_body = other_index_mode("postgresql", events)
     runs = [
         Run("raw psycopg COPY", raw_setup, raw_body, lambda h: count(h[1]), lambda h: drop(h[0])),
         Run(
@@ -339,6 +362,7 @@ def postgres_runs(admin_url: str, events: list[Event], jsonl: Path, batch_size: 
             lambda h: count(h[1]),
             store_teardown,
         ),
+        Run(other, store_setup, lambda h: other_body(h[2]), lambda h: count(h[1]), store_teardown),
         Run(
             "progress_lab append_records/batch",
             store_setup,

@@ -96,6 +96,9 @@ _SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
 _SQLITE_INSERT_ONE = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES {_SQLITE_ROW}"
 _SQLITE_INSERT_MANY = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES {', '.join([_SQLITE_ROW] * _SQLITE_ROWS_PER_INSERT)}"
 NOTIFY_CHANNEL = "progress_lab_events"
+# Whether a bulk load into an empty log builds the secondary indexes after loading, by
+# dialect (see EventStore._defer_indexes; bench/ingest.py measures both ways on both).
+DEFER_INDEXES = {"sqlite": True, "postgresql": False}
 # What a bulk load into an empty log builds after loading (see EventStore._defer_indexes).
 # On SQLite the (stream, version) key is part of the table and stays.
 _DEFERRED_INDEXES = tuple(sorted(_events.indexes, key=lambda index: str(index.name)))
@@ -444,15 +447,18 @@ class EventStore:
             # PostgreSQL: the COPY of the last chunk, still open and fed to the server
             # while the next chunk is read (so the server works while the records validate).
             pending: ChunkCopy | None = None
-            # A large import into an empty log builds its secondary indexes at the end.
+            # A large import into an empty log: streams are new, and on SQLite the secondary
+            # indexes are built at the end.
             bulk: bool | None = None
+            deferred = False
             try:
                 chunk: list[NewRecord] = []
                 for record in records:
                     chunk.append(record)
                     if len(chunk) >= _CHUNK:
                         if bulk is None:
-                            bulk = self._defer_indexes(conn)
+                            bulk = self._head(conn) == 0
+                            deferred = bulk and self._defer_indexes(conn)
                         pending = self._write_chunk(conn, chunk, versions, pending, new_log=bulk)
                         total += len(chunk)
                         if on_progress:
@@ -470,8 +476,13 @@ class EventStore:
                     head = pending.head
                     pending = None
                     self._notify(conn, head)
-                if bulk:
+                if deferred:
                     self._build_deferred_indexes(conn)
+                if bulk and self.dialect == "postgresql":
+                    # The planner's statistics still describe the empty table until autovacuum
+                    # comes by: it then took a whole-log read for 1,000 rows and sorted 200,000
+                    # on disk, at half the speed of the index scan it picks once it knows.
+                    conn.exec_driver_sql("ANALYZE event_store")
             except BaseException as exc:
                 if pending is not None:
                     pending.abort(exc)
@@ -588,18 +599,19 @@ class EventStore:
             conn.exec_driver_sql(_SQLITE_INSERT_ONE, rows[full:])
 
     def _defer_indexes(self, conn: sa.Connection) -> bool:
-        """Drop the log's secondary indexes before a large import into an empty log.
+        """Drop the log's secondary indexes for a bulk load into an empty log, if the dialect
+        does (:data:`DEFER_INDEXES`); whether they were dropped.
 
         Built once at the end (:meth:`_build_deferred_indexes`), each is one sort instead of
-        a row-by-row update where each random event id lands at a random place in its
-        index. No script in ``bench/`` compares the two; on PostgreSQL, where the server
-        could keep the indexes up to date on another core while the client works, a scratch
-        measurement found keeping them slightly faster. It happens inside the import's transaction,
-        under the append lock: on failure the indexes are back as they were. On
-        PostgreSQL dropping an index needs the table to itself, so a reader holding it
-        (for a second) means the import runs with the indexes in place instead.
+        a row-by-row update. On SQLite, where the client and the database share one core,
+        that is the default. On PostgreSQL the server keeps the indexes up to date on
+        another core while the client formats rows, and building them at the end leaves
+        the client waiting: ``bench/ingest.py`` measures both ways. It happens inside the
+        import's transaction, under the append lock: on failure the indexes are back as
+        they were. On PostgreSQL dropping an index needs the table to itself, so a reader
+        holding it (for a second) means the import runs with the indexes in place instead.
         """
-        if self._head(conn) != 0:
+        if not DEFER_INDEXES.get(self.dialect, False):
             return False
         try:
             with conn.begin_nested():
@@ -614,8 +626,7 @@ class EventStore:
         return True
 
     def _build_deferred_indexes(self, conn: sa.Connection) -> None:
-        """Build what :meth:`_defer_indexes` dropped, and on PostgreSQL gather the table's
-        statistics; a duplicate event id fails the import."""
+        """Build what :meth:`_defer_indexes` dropped; a duplicate event id fails the import."""
         try:
             with conn.begin_nested():
                 for index in _DEFERRED_INDEXES:
@@ -625,10 +636,6 @@ class EventStore:
                     conn.exec_driver_sql(
                         f"ALTER TABLE event_store ADD CONSTRAINT {_STREAM_VERSION_KEY.name} UNIQUE ({columns})"
                     )
-                    # The planner's statistics still describe the empty table until autovacuum
-                    # comes by: it then took a whole-log read for 1,000 rows and sorted 200,000
-                    # on disk, at half the speed of the index scan it picks once it knows.
-                    conn.exec_driver_sql("ANALYZE event_store")
         except IntegrityError as exc:
             duplicate = conn.execute(
                 sa.select(_events.c.event_id).group_by(_events.c.event_id).having(sa.func.count() > 1).limit(1)
@@ -642,7 +649,7 @@ class EventStore:
     ) -> EventStoreError:
         text = _reason(exc)
         if "event_id" in text:
-            return EventStoreError(f"an event id is already in the store: {text}")
+            return EventStoreError(f"an event id is already in the store, or twice in this append: {text}")
         stream_id = records[0].stream_id
         return EventStoreError(f"conflicting write to stream {stream_id!r}: {text}")
 

@@ -99,6 +99,7 @@ def test_ingest(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     methods = {row["method"] for row in payload["rows"] if row["backend"] == backend}
     expected = {"progress_lab import_jsonl", "progress_lab append_records", "progress_lab append_records/batch"}
     expected.add("raw sqlite3.executemany" if backend == "sqlite" else "raw psycopg COPY")
+    expected.add(f"progress_lab append_records, indexes {'kept' if backend == 'sqlite' else 'deferred'}")
     if has("eventsourcing"):
         expected.add("eventsourcing SQLite" if backend == "sqlite" else "eventsourcing PostgreSQL")
     assert methods == expected

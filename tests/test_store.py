@@ -593,14 +593,19 @@ def _event_store_indexes(store: EventStore) -> dict[str, tuple[bool, tuple[str, 
     return found
 
 
-def test_bulk_load_into_an_empty_log_builds_its_indexes_at_the_end(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A first chunk that fills up, into an empty log: the secondary indexes are dropped and
-    # built after loading. The result must be the log and the indexes of a row-by-row import.
+@pytest.mark.parametrize("defer", [True, False], ids=["deferred", "kept"])
+def test_bulk_load_into_an_empty_log(store: EventStore, monkeypatch: pytest.MonkeyPatch, defer: bool) -> None:
+    # A first chunk that fills up, into an empty log: streams are new, and the secondary
+    # indexes are either dropped and built after loading (SQLite's default) or kept up to
+    # date (PostgreSQL's). The result must be the log and the indexes of a row-by-row import.
     import progress_lab.store as store_module
     from progress_lab import EventStoreError
     from progress_lab.store import NewRecord
 
     monkeypatch.setattr(store_module, "_CHUNK", 8)
+    monkeypatch.setitem(store_module.DEFER_INDEXES, store.dialect, defer)
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda conn, cursor, statement, *args: statements.append(statement))
     indexes = _event_store_indexes(store)
     assert {"ix_event_store_event_id", "ix_event_store_type_created", "uq_event_store_stream_version"} <= set(indexes)
 
@@ -610,10 +615,11 @@ def test_bulk_load_into_an_empty_log_builds_its_indexes_at_the_end(store: EventS
     # A duplicate event id inside the import: found when its index is built; nothing is written.
     duplicate = records(40)
     duplicate[31] = duplicate[31]._replace(event_id="e4")
-    with pytest.raises(EventStoreError, match="'e4' appears more than once"):
+    with pytest.raises(EventStoreError, match="'e4' appears more than once" if defer else "or twice in this append"):
         store.append_records(duplicate)
     assert store.head_position() == 0
     assert _event_store_indexes(store) == indexes
+    assert any(statement.startswith("DROP INDEX") for statement in statements) == defer
 
     assert store.append_records(records(40)) == 40
     assert _event_store_indexes(store) == indexes
@@ -637,6 +643,7 @@ def test_bulk_load_keeps_the_indexes_while_a_reader_holds_the_table(pg_url: str,
     from progress_lab.store import NewRecord
 
     monkeypatch.setattr(store_module, "_CHUNK", 8)
+    monkeypatch.setitem(store_module.DEFER_INDEXES, "postgresql", True)  # not the default there
     store = connect(pg_url)
     try:
         dropped: list[str] = []
