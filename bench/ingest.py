@@ -4,15 +4,16 @@ Usage::
 
     python bench/ingest.py                          # 1,000,000 events, SQLite and PostgreSQL
     python bench/ingest.py --events 100000 --backends sqlite
+    python bench/ingest.py --random-ids           # UUIDv4 event ids, as another tool may export
     python bench/ingest.py --pg-url postgresql://user@host/postgres   # a server of your own
 
 Methods, each into a fresh database (a new SQLite file, a new PostgreSQL database):
 
 * ``progress_lab import_jsonl``: ``import_jsonl(store, file)``, the user-facing path;
-* ``progress_lab append_records``: ``store.append_records`` with all events in one call,
-  once more with the bulk load's other way with the indexes (built at the end, or kept
-  up to date: ``progress_lab.store.DEFER_INDEXES``), and once with one call per
-  ``--batch-size`` events;
+* ``progress_lab append_records``: ``store.append_records`` with all events in one call;
+  again with each of the bulk load's other ways with the indexes (built at the end, or
+  kept up to date, where the default is another: ``progress_lab.store.BULK_INDEXES``);
+  and with one call per ``--batch-size`` events;
 * raw: ``sqlite3.executemany`` / psycopg ``COPY`` of the very rows progress_lab writes
   (same columns, including the typed fold columns) into the same schema with the same
   indexes (``progress_lab._schema.metadata.create_all``; on SQLite, the same page size),
@@ -33,14 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import sqlite3
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from _common import describe_machine, peak_rss_mb, print_table, timer
@@ -58,7 +61,7 @@ import progress_lab as plab
 from progress_lab import _schema
 from progress_lab.events import FIELDS_BY_TYPE, FOLD_FIELDS, EventMetadata
 from progress_lab.jsonl import import_jsonl
-from progress_lab.store import DEFER_INDEXES, SQLITE_PAGE_SIZE, NewRecord
+from progress_lab.store import BULK_INDEXES, SQLITE_PAGE_SIZE, NewRecord
 
 Event = dict[str, Any]
 COLUMNS = [column.name for column in _schema.event_store.columns]  # the columns progress_lab writes
@@ -67,7 +70,7 @@ TARGETS = {"sqlite": 1.5, "postgresql": 3.0}  # progress_lab vs eventsourcing, f
 TIMED = {
     "progress_lab import_jsonl": "JSONL file -> parse + validate every event -> one transaction",
     "progress_lab append_records": "dicts -> NewRecord (metadata validated) -> one append_records call "
-    "(a bulk load: SQLite builds the secondary indexes at the end, PostgreSQL keeps them up to date)",
+    "(a bulk load: the indexes as BULK_INDEXES says)",
     "progress_lab append_records, indexes deferred": "as append_records, the secondary indexes built at the end",
     "progress_lab append_records, indexes kept": "as append_records, the secondary indexes kept up to date",
     "progress_lab append_records/batch": "dicts -> NewRecord -> one append_records call (transaction) per batch",
@@ -170,19 +173,23 @@ def chunks(events: list[Event], size: int) -> Iterator[list[Event]]:
         yield events[start : start + size]
 
 
-def other_index_mode(dialect: str, events: list[Event]) -> tuple[str, Callable[[plab.EventStore], None]]:
-    """The method name and body of append_records with the dialect's other way with indexes
-    (``progress_lab.store.DEFER_INDEXES``), so that the default is measured against it."""
-    default = DEFER_INDEXES[dialect]
+def index_modes(dialect: str, events: list[Event]) -> list[tuple[str, Callable[[plab.EventStore], None]]]:
+    """Method names and bodies of append_records with each way with the indexes that is not
+    the dialect's default (``progress_lab.store.BULK_INDEXES``), to measure it against."""
+    default = BULK_INDEXES[dialect]
 
-    def body(store: plab.EventStore) -> None:
-        DEFER_INDEXES[dialect] = not default
-        try:
-            store.append_records(new_records(events))
-        finally:
-            DEFER_INDEXES[dialect] = default
+    def forced(mode: Literal["keep", "defer"]) -> Callable[[plab.EventStore], None]:
+        def body(store: plab.EventStore) -> None:
+            BULK_INDEXES[dialect] = mode
+            try:
+                store.append_records(new_records(events))
+            finally:
+                BULK_INDEXES[dialect] = default
 
-    return f"progress_lab append_records, indexes {'kept' if default else 'deferred'}", body
+        return body
+
+    names = {"defer": "deferred", "keep": "kept"}
+    return [(f"progress_lab append_records, indexes {names[mode]}", forced(mode)) for mode in ("defer", "keep") if mode != default]
 
 
 # -- one measured run per method and backend ---------------------------------------------------
@@ -266,7 +273,6 @@ def sqlite_runs(folder: Path, events: list[Event], jsonl: Path, batch_size: int,
         conn.execute("COMMIT")
         conn.close()
 
-    other, other_body = other_index_mode("sqlite", events)
     runs = [
         Run("raw sqlite3.executemany", raw_setup, raw_body, count, remove),
         Run(
@@ -276,7 +282,8 @@ def sqlite_runs(folder: Path, events: list[Event], jsonl: Path, batch_size: int,
             store_count,
             store_teardown,
         ),
-        Run(other, store_setup, lambda h: other_body(h[0]), store_count, store_teardown),
+        *(Run(name, store_setup, lambda h, body=body: body(h[0]), store_count, store_teardown)
+          for name, body in index_modes("sqlite", events)),
         Run(
             "progress_lab append_records/batch",
             store_setup,
@@ -352,7 +359,6 @@ def postgres_runs(admin_url: str, events: list[Event], jsonl: Path, batch_size: 
                 for row in raw_rows(events, sqlite=False):
                     copy.write_row(row)
 
-    other, other_body = other_index_mode("postgresql", events)
     runs = [
         Run("raw psycopg COPY", raw_setup, raw_body, lambda h: count(h[1]), lambda h: drop(h[0])),
         Run(
@@ -362,7 +368,8 @@ def postgres_runs(admin_url: str, events: list[Event], jsonl: Path, batch_size: 
             lambda h: count(h[1]),
             store_teardown,
         ),
-        Run(other, store_setup, lambda h: other_body(h[2]), lambda h: count(h[1]), store_teardown),
+        *(Run(name, store_setup, lambda h, body=body: body(h[2]), lambda h: count(h[1]), store_teardown)
+          for name, body in index_modes("postgresql", events)),
         Run(
             "progress_lab append_records/batch",
             store_setup,
@@ -458,6 +465,11 @@ def main() -> None:
         "--repeat", type=int, default=1, help="runs per method, in turn; the fastest counts (default 1)"
     )
     parser.add_argument("--seed", type=int, default=1, help="generator seed")
+    parser.add_argument(
+        "--random-ids",
+        action="store_true",
+        help="give the events random UUIDv4 ids instead of the generator's time-ordered ones (UUIDv7 layout)",
+    )
     add_backend_arguments(parser)
     args = parser.parse_args()
     chosen = backends(args)
@@ -473,7 +485,12 @@ def main() -> None:
 
     with timer() as t:
         events = generated_events(args.events, seed=args.seed)
-    print(f"generated {len(events):,} events in {t['seconds']:.1f} s (untimed below)")
+        if args.random_ids:
+            rng = random.Random(args.seed)
+            for event in events:
+                event["event_id"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    ids = "random UUIDv4 ids" if args.random_ids else "time-ordered ids"
+    print(f"generated {len(events):,} events ({ids}) in {t['seconds']:.1f} s (untimed below)")
     # The share of the append_records rows that is validation: the raw rows skip it.
     with timer() as t:
         for _ in new_records(events):
@@ -517,7 +534,7 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
     best = f", best of {args.repeat}" if args.repeat > 1 else ""
-    print_table(f"Ingest of {len(events):,} generated events (each method into a fresh database{best})", rows)
+    print_table(f"Ingest of {len(events):,} generated events, {ids} (each method into a fresh database{best})", rows)
     print(
         "\ncpu s: CPU time of this process in the timed region (the client, and SQLite itself; not the PostgreSQL server)"
     )
@@ -534,6 +551,7 @@ def main() -> None:
         "ingest",
         {
             "events": len(events),
+            "random_ids": args.random_ids,
             "batch_size": args.batch_size,
             "repeat": args.repeat,
             "postgresql": pg_note,

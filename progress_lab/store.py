@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import orjson
 import pydantic_core
@@ -96,9 +96,11 @@ _SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
 _SQLITE_INSERT_ONE = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES {_SQLITE_ROW}"
 _SQLITE_INSERT_MANY = f"INSERT INTO event_store ({', '.join(_COLUMNS)}) VALUES {', '.join([_SQLITE_ROW] * _SQLITE_ROWS_PER_INSERT)}"
 NOTIFY_CHANNEL = "progress_lab_events"
-# Whether a bulk load into an empty log builds the secondary indexes after loading, by
-# dialect (see EventStore._defer_indexes; bench/ingest.py measures both ways on both).
-DEFER_INDEXES = {"sqlite": True, "postgresql": False}
+# How a bulk load into an empty log treats the secondary indexes, by dialect: "keep" them
+# up to date, "defer" them (drop, and build after loading), or "auto": defer when the
+# event ids come in no particular order. See EventStore._defer_indexes; bench/ingest.py
+# measures each way, with time-ordered ids and (--random-ids) without.
+BULK_INDEXES: dict[str, Literal["keep", "defer", "auto"]] = {"sqlite": "auto", "postgresql": "keep"}
 # What a bulk load into an empty log builds after loading (see EventStore._defer_indexes).
 # On SQLite the (stream, version) key is part of the table and stays.
 _DEFERRED_INDEXES = tuple(sorted(_events.indexes, key=lambda index: str(index.name)))
@@ -458,7 +460,7 @@ class EventStore:
                     if len(chunk) >= _CHUNK:
                         if bulk is None:
                             bulk = self._head(conn) == 0
-                            deferred = bulk and self._defer_indexes(conn)
+                            deferred = bulk and self._defer_indexes(conn, chunk)
                         pending = self._write_chunk(conn, chunk, versions, pending, new_log=bulk)
                         total += len(chunk)
                         if on_progress:
@@ -598,20 +600,25 @@ class EventStore:
         if full < len(rows):
             conn.exec_driver_sql(_SQLITE_INSERT_ONE, rows[full:])
 
-    def _defer_indexes(self, conn: sa.Connection) -> bool:
-        """Drop the log's secondary indexes for a bulk load into an empty log, if the dialect
-        does (:data:`DEFER_INDEXES`); whether they were dropped.
+    def _defer_indexes(self, conn: sa.Connection, chunk: Sequence[NewRecord]) -> bool:
+        """Drop the log's secondary indexes for a bulk load into an empty log, as
+        :data:`BULK_INDEXES` says for the dialect and the first ``chunk``; whether they were.
 
-        Built once at the end (:meth:`_build_deferred_indexes`), each is one sort instead of
-        a row-by-row update. On SQLite, where the client and the database share one core,
-        that is the default. On PostgreSQL the server keeps the indexes up to date on
-        another core while the client formats rows, and building them at the end leaves
-        the client waiting: ``bench/ingest.py`` measures both ways. It happens inside the
-        import's transaction, under the append lock: on failure the indexes are back as
-        they were. On PostgreSQL dropping an index needs the table to itself, so a reader
-        holding it (for a second) means the import runs with the indexes in place instead.
+        Built once at the end (:meth:`_build_deferred_indexes`), each index is one sort
+        instead of one insertion per row. That pays when the event ids come in no
+        particular order (UUIDv4, say), so that each lands at a random place in its index.
+        Time-ordered ids (UUIDv7, which the store gives an event without an id) land at
+        the end of it, where the pages are at hand, and building the index at the end
+        would cost more than it saves; "auto" keeps the indexes for them. On PostgreSQL
+        the server keeps the indexes up to date on another core while the client formats
+        rows, and building them at the end leaves the client waiting, so it keeps them.
+
+        It happens inside the import's transaction, under the append lock: on failure the
+        indexes are back as they were. On PostgreSQL dropping an index needs the table to
+        itself, so a reader holding it (for a second) means the import keeps the indexes.
         """
-        if not DEFER_INDEXES.get(self.dialect, False):
+        mode = BULK_INDEXES.get(self.dialect, "keep")
+        if mode == "keep" or (mode == "auto" and _ids_in_order(chunk)):
             return False
         try:
             with conn.begin_nested():
@@ -831,6 +838,20 @@ class EventStore:
             Snapshot(stream_id=r.stream_id, version=r.version, state=bytes(r.state), created_at=r.created_at)
             for r in rows
         ]
+
+
+def _ids_in_order(records: Sequence[NewRecord]) -> bool:
+    """Whether the records' event ids mostly ascend: at least 3 in 4 neighbouring pairs.
+
+    An id left to the store counts as in order (a UUIDv7). Time-ordered ids from
+    elsewhere ascend in about 9 pairs in 10 (events that arrive late step back); random
+    ids in half of them.
+    """
+    ids = [record.event_id for record in records if record.event_id is not None]
+    if len(ids) < 2:
+        return True
+    ascending = sum(1 for a, b in zip(ids, itertools.islice(ids, 1, None)) if a < b)
+    return 4 * ascending >= 3 * (len(ids) - 1)
 
 
 def _to_persisted(row: Any) -> PersistedEvent:

@@ -89,6 +89,7 @@ def test_ingest(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
         "2000",
         "--batch-size",
         "500",
+        *(["--random-ids"] if backend == "sqlite" else []),
         *backend_args(backend, request),
         "--results-dir",
         str(tmp_path),
@@ -96,10 +97,13 @@ def test_ingest(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     )
     payload = results(tmp_path, "ingest")
     assert payload["events"] == 2000
+    assert payload["random_ids"] == (backend == "sqlite")
     methods = {row["method"] for row in payload["rows"] if row["backend"] == backend}
     expected = {"progress_lab import_jsonl", "progress_lab append_records", "progress_lab append_records/batch"}
     expected.add("raw sqlite3.executemany" if backend == "sqlite" else "raw psycopg COPY")
-    expected.add(f"progress_lab append_records, indexes {'kept' if backend == 'sqlite' else 'deferred'}")
+    expected.add("progress_lab append_records, indexes deferred")
+    if backend == "sqlite":  # PostgreSQL keeps them by default
+        expected.add("progress_lab append_records, indexes kept")
     if has("eventsourcing"):
         expected.add("eventsourcing SQLite" if backend == "sqlite" else "eventsourcing PostgreSQL")
     assert methods == expected

@@ -596,14 +596,14 @@ def _event_store_indexes(store: EventStore) -> dict[str, tuple[bool, tuple[str, 
 @pytest.mark.parametrize("defer", [True, False], ids=["deferred", "kept"])
 def test_bulk_load_into_an_empty_log(store: EventStore, monkeypatch: pytest.MonkeyPatch, defer: bool) -> None:
     # A first chunk that fills up, into an empty log: streams are new, and the secondary
-    # indexes are either dropped and built after loading (SQLite's default) or kept up to
-    # date (PostgreSQL's). The result must be the log and the indexes of a row-by-row import.
+    # indexes are either dropped and built after loading or kept up to date. The result
+    # must be the log and the indexes of a row-by-row import.
     import progress_lab.store as store_module
     from progress_lab import EventStoreError
     from progress_lab.store import NewRecord
 
     monkeypatch.setattr(store_module, "_CHUNK", 8)
-    monkeypatch.setitem(store_module.DEFER_INDEXES, store.dialect, defer)
+    monkeypatch.setitem(store_module.BULK_INDEXES, store.dialect, "defer" if defer else "keep")
     statements: list[str] = []
     sa.event.listen(store.engine, "before_cursor_execute", lambda conn, cursor, statement, *args: statements.append(statement))
     indexes = _event_store_indexes(store)
@@ -636,6 +636,33 @@ def test_bulk_load_into_an_empty_log(store: EventStore, monkeypatch: pytest.Monk
     assert store.stream_version("s0") == len(range(0, 60, 3))
 
 
+@pytest.mark.parametrize(
+    ("ids", "deferred"),
+    [
+        ([None] * 12, False),  # the store's own: UUIDv7
+        ([f"e{n:02}" for n in range(12)], False),
+        ([f"e{n:02}" for n in [0, 1, 2, 4, 3, 5, 6, 7, 9, 8, 10, 11]], False),  # 9 of 11 pairs ascend
+        ([f"e{n:02}" for n in [3, 7, 1, 10, 0, 5, 11, 2, 8, 4, 9, 6]], True),  # 6 of 11
+    ],
+    ids=["store", "ascending", "late", "random"],
+)
+def test_auto_bulk_load_defers_the_indexes_only_for_ids_out_of_order(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, ids: list[str | None], deferred: bool
+) -> None:
+    import progress_lab.store as store_module
+    from progress_lab.store import NewRecord
+
+    monkeypatch.setattr(store_module, "_CHUNK", 12)
+    monkeypatch.setitem(store_module.BULK_INDEXES, store.dialect, "auto")
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda conn, cursor, statement, *args: statements.append(statement))
+    records = [NewRecord(f"s{n % 2}", "ReviewProcessed", review(f"i{n}"), meta(), id_) for n, id_ in enumerate(ids)]
+    assert store.append_records(records) == 12
+    assert any(statement.startswith("DROP INDEX") for statement in statements) == deferred
+    assert [e.stream_version for e in store.read_events("s1")] == list(range(1, 7))
+    assert "ix_event_store_event_id" in _event_store_indexes(store)
+
+
 def test_bulk_load_keeps_the_indexes_while_a_reader_holds_the_table(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # PostgreSQL: dropping an index needs the table to itself. A reader in an open
     # transaction holds it; the import must not wait for it, only keep the indexes.
@@ -643,7 +670,7 @@ def test_bulk_load_keeps_the_indexes_while_a_reader_holds_the_table(pg_url: str,
     from progress_lab.store import NewRecord
 
     monkeypatch.setattr(store_module, "_CHUNK", 8)
-    monkeypatch.setitem(store_module.DEFER_INDEXES, "postgresql", True)  # not the default there
+    monkeypatch.setitem(store_module.BULK_INDEXES, "postgresql", "defer")  # not the default there
     store = connect(pg_url)
     try:
         dropped: list[str] = []
