@@ -703,7 +703,7 @@ def test_extreme_timestamps_never_stop_a_replay(stamp: str, options: FoldOptions
     both(rows, options)
 
 
-@pytest.mark.parametrize("second", ['{"a":1}{"a":2}', '{"a":1}{"~line":1}', '{"a":1}{"\\u007eline":1}'])
+@pytest.mark.parametrize("second", ['{"a":1}{"a":2}', '{"a":1} {}', '{"a":1}{"~line":1}', '{"a":1}{"\\u007eline":1}'])
 @pytest.mark.parametrize("column", ["event_data", "metadata"])
 def test_a_text_is_one_json_object_even_when_its_neighbours_close_it(column: str, second: str) -> None:
     # The vectorized fold reads the texts as the lines of one JSON document, where a line
@@ -727,4 +727,17 @@ def test_a_payload_may_have_the_line_mark_key(extra: str) -> None:
     data = '{"type":"UserCreated","user_id":"u1",%s}' % extra
     for folded in both([(1, "UserCreated", data, '{"user_id":null,"timestamp":"2026-01-01T00:00:00.000000Z"}')]):
         assert folded.rejections().height == 0
+        assert folded.user_progress()["user_id"].to_list() == ["u1"]
+
+
+@pytest.mark.parametrize("tail", [" null", " 5", ' "s"', " []", " {}", ',"user_id":"u2"}', "}"])
+@pytest.mark.parametrize("column", ["event_data", "metadata"])
+def test_a_text_with_more_after_its_object_is_malformed(column: str, tail: str) -> None:
+    texts = {"event_data": '{"type":"UserCreated","user_id":"u1"}',
+             "metadata": '{"user_id":null,"timestamp":"2026-01-01T00:00:00.000000Z"}'}
+    good = (1, "UserCreated", texts["event_data"], texts["metadata"])
+    bad = dict(texts, **{column: texts[column] + tail})
+    rows = [good, (2, "UserCreated", bad["event_data"], bad["metadata"]), (3, *good[1:])]
+    for folded in both(rows):
+        assert folded.rejections().rows() == [(2, "UserCreated", "malformed")]
         assert folded.user_progress()["user_id"].to_list() == ["u1"]
