@@ -314,9 +314,9 @@ def encode_new_event(item: NewEvent) -> tuple[str, dict[str, Any], EventMetadata
         event, meta = item
     else:
         event, meta = item, None
-    if isinstance(event, _Event):
-        data = _known_data(event)
-    elif isinstance(event, Mapping):
+    # type() before isinstance(): an import checks a million dicts, and isinstance() of an
+    # abstract class (Mapping, and pydantic's models) takes the slow path.
+    if type(event) is dict or (not isinstance(event, _Event) and isinstance(event, Mapping)):
         event_type = _check_name(event.get("type"), "event_data.type")
         cls = _EVENT_CLASSES.get(event_type)
         if cls is not None:
@@ -327,6 +327,8 @@ def encode_new_event(item: NewEvent) -> tuple[str, dict[str, Any], EventMetadata
             data = _known_data(model)
         else:
             data = _json_object(event)
+    elif isinstance(event, _Event):
+        data = _known_data(event)
     else:
         raise EventValidationError(
             f"an event must be a domain event or a mapping with a 'type', not {type(event).__name__}"
@@ -334,13 +336,13 @@ def encode_new_event(item: NewEvent) -> tuple[str, dict[str, Any], EventMetadata
     _check_name(data["type"], "event_data.type")
     if meta is None:
         metadata = EventMetadata()
-    elif isinstance(meta, EventMetadata):
-        metadata = meta
-    elif isinstance(meta, Mapping):
+    elif type(meta) is dict or (not isinstance(meta, EventMetadata) and isinstance(meta, Mapping)):
         try:
-            metadata = EventMetadata.model_validate(dict(meta))
+            metadata = EventMetadata.model_validate(meta if type(meta) is dict else dict(meta))
         except ValidationError as exc:
             raise _validation_error(exc, "metadata") from None
+    elif isinstance(meta, EventMetadata):
+        metadata = meta
     else:
         raise EventValidationError(f"metadata must be EventMetadata or a mapping, not {type(meta).__name__}")
     _check_text(data, metadata)

@@ -123,7 +123,7 @@ def _parse_line(raw: bytes, *, first: bool) -> NewRecord:
     if first and text.startswith("\ufeff"):
         text = text[1:]
     try:
-        obj = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        obj = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, a duplicate key, NaN, too deep
         raise EventValidationError(f"invalid JSON: {exc}") from None
     if "\\u" in text:
@@ -146,8 +146,8 @@ def record_from_dict(obj: Any) -> NewRecord:
     """
     if not isinstance(obj, dict):
         raise EventValidationError(f"expected a JSON object, got {_json_type(obj)}")
-    unknown = sorted(set(obj) - _ALLOWED_KEYS)
-    if unknown:
+    if not _ALLOWED_KEYS.issuperset(obj):
+        unknown = sorted(set(obj) - _ALLOWED_KEYS)
         raise EventValidationError(f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_ALLOWED_KEYS))}")
     for key in _REQUIRED_KEYS:
         if key not in obj:
@@ -204,16 +204,22 @@ def _created_at(value: Any) -> datetime | None:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return result
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# Made once: json.loads with arguments builds a new decoder for every line.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
 
 
 def _check_encodable(value: Any) -> None:
