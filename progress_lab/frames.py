@@ -395,8 +395,9 @@ def _lines(column: pa.ChunkedArray) -> tuple[pa.Buffer, int] | None:
     all have the mark are the n texts, one each.
 
     A text that is not an object (``null``, a number, empty) or that holds a raw line
-    break (JSON allows one between tokens, never inside a string) is not made a line;
-    such batches (rare: foreign writers) are checked row by row instead.
+    break (JSON allows one between tokens; pyarrow cuts the document into blocks at line
+    breaks, which must fall between texts) is not made a line; such batches (rare:
+    foreign writers) are checked row by row instead.
     """
     texts = pl.from_arrow(column)
     assert isinstance(texts, pl.Series)

@@ -449,8 +449,8 @@ class EventStore:
             # PostgreSQL: the COPY of the last chunk, still open and fed to the server
             # while the next chunk is read (so the server works while the records validate).
             pending: ChunkCopy | None = None
-            # A large import into an empty log: streams are new, and on SQLite the secondary
-            # indexes are built at the end.
+            # A large import into an empty log: its streams are new, and the secondary indexes
+            # may be built at the end (BULK_INDEXES).
             bulk: bool | None = None
             deferred = False
             try:
