@@ -663,6 +663,41 @@ def test_auto_bulk_load_defers_the_indexes_only_for_ids_out_of_order(
     assert "ix_event_store_event_id" in _event_store_indexes(store)
 
 
+def test_a_bulk_load_on_postgresql_leaves_readers_free(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With its default (the indexes kept), a bulk load takes no lock that a reader waits
+    # for: halfway through it, a reader with a 3 s timeout sees the empty log at once.
+    import progress_lab.store as store_module
+    from progress_lab.store import NewRecord
+
+    monkeypatch.setattr(store_module, "_CHUNK", 8)
+    store = connect(pg_url)
+    halfway, go_on = threading.Event(), threading.Event()
+    appended: list[int] = []
+
+    def records() -> Iterator[NewRecord]:
+        for n in range(20):
+            if n == 12:  # the first chunk is in the table, the import's transaction open
+                halfway.set()
+                go_on.wait(60)
+            yield NewRecord("s", "ReviewProcessed", review(f"i{n}"), meta(), f"e{n}")
+
+    writer = threading.Thread(target=lambda: appended.append(store.append_records(records())))
+    writer.start()
+    try:
+        assert halfway.wait(60)
+        with store.engine.connect() as reader:
+            reader.exec_driver_sql("SET statement_timeout = '3s'")
+            assert reader.execute(sa.text("SELECT count(*) FROM event_store")).scalar_one() == 0
+    finally:
+        go_on.set()
+        writer.join(60)
+    try:
+        assert appended == [20]
+        assert store.stream_version("s") == 20
+    finally:
+        store.close()
+
+
 def test_bulk_load_keeps_the_indexes_while_a_reader_holds_the_table(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # PostgreSQL: dropping an index needs the table to itself. A reader in an open
     # transaction holds it; the import must not wait for it, only keep the indexes.
