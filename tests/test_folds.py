@@ -741,3 +741,21 @@ def test_a_text_with_more_after_its_object_is_malformed(column: str, tail: str) 
     for folded in both(rows):
         assert folded.rejections().rows() == [(2, "UserCreated", "malformed")]
         assert folded.user_progress()["user_id"].to_list() == ["u1"]
+
+
+# Texts that are one good event, hold two objects, or (in pairs, one after the other) open
+# an object or array for the next text to close: lined up, some make documents with as
+# many objects as there are texts, but not one per text.
+_SINGLE_TEXTS = ['{"type":"UserCreated","user_id":"u1"}', '{"a":1}{"a":2}', '{"a":1} {}', "{}", '{"~line":1}',
+                 '{"a":1}{"~line":1}', "{}}"]
+_TEXT_PAIRS = [('{"type":"UserCreated","user_id":"u2","x":[', "{}]}"),
+               ('{"type":"UserCreated","user_id":"u3","x":{"y":', "{}}}")]
+
+
+@CHEAP
+@given(st.lists(st.one_of(st.sampled_from(_SINGLE_TEXTS).map(lambda text: (text,)), st.sampled_from(_TEXT_PAIRS)),
+                min_size=1, max_size=5))
+def test_json_texts_fold_alike_whatever_their_neighbours(units: list[tuple[str, ...]]) -> None:
+    # Both folds must read each text on its own (see frames._lines).
+    texts = [text for unit in units for text in unit]
+    both([(n, "UserCreated", text, _GOOD_META) for n, text in enumerate(texts, start=1)])
