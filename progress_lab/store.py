@@ -31,6 +31,7 @@ from .errors import (
 )
 from .events import (
     _FOLD_ROWS,
+    _SURROGATE,
     FOLD_FIELDS,
     EventMetadata,
     NewEvent,
@@ -754,7 +755,15 @@ class EventStore:
 
     def _fetch(self, query: sa.Select[Any]) -> list[PersistedEvent]:
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            try:
+                rows = conn.execute(query).all()
+            except OperationalError as exc:
+                # SQLite stores whatever bytes another tool gives it, and the sqlite3 module
+                # refuses to read text that is not UTF-8 without saying where it is.
+                if self.dialect != "sqlite" or "decode to UTF-8" not in str(exc):
+                    raise
+                conn.rollback()
+                rows = _rows_not_utf8_named(conn, query)
         return [_to_persisted(row) for row in rows]
 
     def _head(self, conn: sa.Connection) -> int:
@@ -852,6 +861,23 @@ def _ids_in_order(records: Sequence[NewRecord]) -> bool:
         return True
     ascending = sum(1 for a, b in zip(ids, itertools.islice(ids, 1, None)) if a < b)
     return 4 * ascending >= 3 * (len(ids) - 1)
+
+
+def _rows_not_utf8_named(conn: sa.Connection, query: sa.Select[Any]) -> Sequence[Any]:
+    """The query's rows read again with the bytes that are not UTF-8 kept as lone surrogates
+    (which valid UTF-8 never decodes to); raises SerializationError naming the first such row."""
+    driver = conn.connection.driver_connection
+    driver.text_factory = lambda value: value.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+    try:
+        rows = conn.execute(query).all()
+    finally:
+        driver.text_factory = str  # type: ignore[union-attr]
+        conn.rollback()
+    for row in rows:
+        for name, value in row._mapping.items():
+            if isinstance(value, str) and _SURROGATE.search(value):
+                raise SerializationError(f"event at position {row.global_position}: its {name} is not valid UTF-8 text")
+    return rows
 
 
 def _to_persisted(row: Any) -> PersistedEvent:

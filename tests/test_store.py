@@ -490,6 +490,34 @@ def test_events_frame_reports_malformed_rows(store: EventStore) -> None:
         store.read_all_events()
 
 
+@pytest.mark.parametrize("column", ["event_data", "stream_id"])
+def test_reading_text_that_is_not_utf8_names_the_event(tmp_path: Path, column: str) -> None:
+    # SQLite keeps whatever bytes another tool writes; the sqlite3 module cannot read them
+    # as text and says neither where nor what (a raw OperationalError, before).
+    import sqlite3
+
+    path = tmp_path / "foreign.db"
+    store = connect(f"sqlite:///{path}")
+    try:
+        for user in ("u1", "u2", "u3"):
+            store.append_events(f"user-{user}", [({"type": "UserCreated", "user_id": user}, meta(user))])
+        with sqlite3.connect(path) as conn:
+            conn.execute(f"UPDATE event_store SET {column} = CAST(X'7B22FF227D' AS TEXT) WHERE global_position = 2")
+        message = f"position 2: its {column} is not valid UTF-8"
+        with pytest.raises(SerializationError, match=message):
+            store.read_all_events()
+        with pytest.raises(SerializationError, match=message):
+            store.read_events_by_type("UserCreated")
+        with pytest.raises(SerializationError, match=message):
+            list(store.iter_events())
+        # The other events read as before, and the connections read text as usual again.
+        assert [e.global_position for e in store.read_all_events(limit=1)] == [1]
+        assert [e.event_data["user_id"] for e in store.read_all_events(from_position=3)] == ["u3"]
+        assert store.read_events("user-u1")[0].stream_id == "user-u1"
+    finally:
+        store.close()
+
+
 # -- concurrency and volume ------------------------------------------------------------
 
 
