@@ -770,27 +770,27 @@ class EventStore:
         return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(_events.c.global_position), 0))).scalar_one())
 
     def _stream_versions(self, conn: sa.Connection, stream_ids: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
+        """The current version of each stream that has events.
+
+        One query with the ids as one parameter (a PostgreSQL array, a JSON array that
+        SQLite's ``json_each`` unpacks), and for each id the highest version by itself:
+        the (stream, version) index finds it in one step, where ``max(...) GROUP BY`` over
+        all the streams read every version of every stream, a cost that grew with the log.
+        """
         if not stream_ids:
-            return found
+            return {}
+        ids: sa.FromClause
         if self.dialect == "postgresql":
-            # One array parameter: the server plans "= ANY($1)" once, where an IN list of
-            # hundreds of parameters took it several times longer.
-            query = (
-                sa.select(_events.c.stream_id, sa.func.max(_events.c.stream_version))
-                .where(_events.c.stream_id == sa.any_(sa.bindparam("ids", list(stream_ids), type_=_TEXT_ARRAY)))
-                .group_by(_events.c.stream_id)
+            unnest = sa.func.unnest(sa.bindparam("ids", list(stream_ids), type_=_TEXT_ARRAY))
+            ids = unnest.table_valued("id").render_derived(name="ids")
+        else:
+            each = sa.func.json_each(sa.bindparam("ids", json.dumps(list(stream_ids)))).table_valued(
+                sa.column("value", sa.Text)
             )
-            return {sid: int(v) for sid, v in conn.execute(query)}
-        for start in range(0, len(stream_ids), 500):
-            part = stream_ids[start : start + 500]
-            query = (
-                sa.select(_events.c.stream_id, sa.func.max(_events.c.stream_version))
-                .where(_events.c.stream_id.in_(part))
-                .group_by(_events.c.stream_id)
-            )
-            found.update({sid: int(v) for sid, v in conn.execute(query)})
-        return found
+            ids = sa.select(each.c.value.label("id")).subquery("ids")
+        latest = sa.select(sa.func.max(_events.c.stream_version)).where(_events.c.stream_id == ids.c.id)
+        query = sa.select(ids.c.id, latest.scalar_subquery())
+        return {sid: int(version) for sid, version in conn.execute(query) if version is not None}
 
     # -- snapshots -----------------------------------------------------------------
 

@@ -664,6 +664,19 @@ def test_bulk_load_into_an_empty_log(store: EventStore, monkeypatch: pytest.Monk
     assert store.stream_version("s0") == len(range(0, 60, 3))
 
 
+def test_append_records_continues_every_stream_whatever_its_name(store: EventStore) -> None:
+    # The streams' versions are looked up with the ids as one array parameter (PostgreSQL)
+    # or one JSON text (SQLite): names with quotes, backslashes and other scripts included.
+    from progress_lab.store import NewRecord
+
+    names = ['quote"d', "back\\slash", "ünïcödé-流", "it's", "[1]", "{}", "null", "plain"]
+    for round_ in range(3):
+        records = [NewRecord(name, "ReviewProcessed", review(f"i{round_}"), meta(), None) for name in names]
+        assert store.append_records(records) == len(names)
+        assert [store.stream_version(name) for name in names] == [round_ + 1] * len(names)
+    assert [e.stream_version for e in store.read_events('quote"d')] == [1, 2, 3]
+
+
 @pytest.mark.parametrize(
     ("ids", "deferred"),
     [
