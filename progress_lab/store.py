@@ -610,7 +610,7 @@ class EventStore:
         particular order (UUIDv4, say), so that each lands at a random place in its index.
         Time-ordered ids (UUIDv7, which the store gives an event without an id) land at
         the end of it, where the pages are at hand, and building the index at the end
-        would cost more than it saves; "auto" keeps the indexes for them. On PostgreSQL
+        gains nothing measurable; "auto" keeps the indexes for them. On PostgreSQL
         the server keeps the indexes up to date on another core while the client formats
         rows, and building them at the end leaves the client waiting, so it keeps them.
 
