@@ -315,8 +315,9 @@ def encode_new_event(item: NewEvent) -> tuple[str, dict[str, Any], EventMetadata
     else:
         event, meta = item, None
     # type() before isinstance(): an import checks a million dicts, and isinstance() of an
-    # abstract class (Mapping, and pydantic's models) takes the slow path.
-    if type(event) is dict or (not isinstance(event, _Event) and isinstance(event, Mapping)):
+    # abstract class (Mapping, and pydantic's models) takes the slow path. (A model is not
+    # a Mapping, so the order of the two branches does not matter otherwise.)
+    if type(event) is dict or isinstance(event, Mapping):
         event_type = _check_name(event.get("type"), "event_data.type")
         cls = _EVENT_CLASSES.get(event_type)
         if cls is not None:
@@ -336,7 +337,7 @@ def encode_new_event(item: NewEvent) -> tuple[str, dict[str, Any], EventMetadata
     _check_name(data["type"], "event_data.type")
     if meta is None:
         metadata = EventMetadata()
-    elif type(meta) is dict or (not isinstance(meta, EventMetadata) and isinstance(meta, Mapping)):
+    elif type(meta) is dict or isinstance(meta, Mapping):
         try:
             metadata = EventMetadata.model_validate(meta if type(meta) is dict else dict(meta))
         except ValidationError as exc:

@@ -240,12 +240,14 @@ def _decode_json(lines: tuple[pa.Buffer, int] | None, schema: pa.Schema, n: int)
     return frame
 
 
+# Which columns a frame has: all of FRAME_SCHEMA, or only the fold's (FOLD_SCHEMA).
+Columns = Literal["all", "fold"]
 # The event_store columns of a frame that are not decoded from JSON (all, and the fold's).
 _BASE_COLUMNS = ["global_position", "event_id", "stream_id", "stream_version", "event_type", "created_at"]
 _FOLD_BASE_COLUMNS = ["global_position", "event_type"]
 
 
-def decode_frame(table: pa.Table, *, raw: bool = False, columns: Literal["all", "fold"] = "all") -> pl.DataFrame:
+def decode_frame(table: pa.Table, *, raw: bool = False, columns: Columns = "all") -> pl.DataFrame:
     """Decode rows from their JSON text: the path for rows progress_lab did not write.
 
     ``table`` has the ``event_store`` columns ``global_position``, ``event_id``,
@@ -549,7 +551,7 @@ _TYPE_ROW = {pl.String(): "''", pl.Int64(): "0", pl.Float64(): "0.0"}
 _LOWEST = "(-9223372036854775807 - 1)"  # sorts first; SQLite reads a bare -9223372036854775808 as a float
 
 
-def _typed_columns(columns: str) -> list[tuple[str, pl.DataType]]:
+def _typed_columns(columns: Columns) -> list[tuple[str, pl.DataType]]:
     fold = [("occurred_at_us", pl.Int64()), ("metadata_user_id", pl.String()), *PAYLOAD_FIELDS.items()]
     if columns == "all":
         fold += [("correlation_id", pl.String()), ("causation_id", pl.String())]
@@ -558,7 +560,7 @@ def _typed_columns(columns: str) -> list[tuple[str, pl.DataType]]:
     return [("global_position", pl.Int64()), ("event_type", pl.String()), ("typed", pl.Int64()), *fold]
 
 
-def _typed_sql(columns: str, type_row: bool) -> str:
+def _typed_sql(columns: Columns, type_row: bool) -> str:
     typed = _typed_columns(columns)
     names = [name for name, _ in typed]
     first = ""
@@ -579,7 +581,7 @@ _JSON_SQL = (
 )
 
 
-def _json_sql(store: EventStore, extra: str, columns: str = "all") -> str:
+def _json_sql(store: EventStore, extra: str, columns: Columns = "all") -> str:
     texts = (
         "CAST(event_data AS BLOB) AS event_data, CAST(metadata AS BLOB) AS metadata"
         if store.dialect == "sqlite"
@@ -643,7 +645,7 @@ def _query(store: EventStore, sql: str, from_position: int, to_position: int) ->
     )
 
 
-def _from_typed(table: pa.Table, columns: str) -> pl.DataFrame:
+def _from_typed(table: pa.Table, columns: Columns) -> pl.DataFrame:
     """The frame of rows progress_lab wrote, from their typed columns."""
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -660,7 +662,7 @@ def _from_typed(table: pa.Table, columns: str) -> pl.DataFrame:
     return _validate(frame)
 
 
-def _read(store: EventStore, from_position: int, to_position: int, columns: str, raw: bool) -> pl.DataFrame:
+def _read(store: EventStore, from_position: int, to_position: int, columns: Columns, raw: bool) -> pl.DataFrame:
     schema = FRAME_SCHEMA if columns == "all" else FOLD_SCHEMA
     type_row = store.dialect == "sqlite"
     typed = _query(store, _typed_sql(columns, type_row), from_position, to_position)
@@ -681,8 +683,7 @@ def _read(store: EventStore, from_position: int, to_position: int, columns: str,
     if untyped.height:
         # Rows other tools wrote: decode their JSON text (and validate it as strictly).
         decoded = decode_frame(
-            _query(store, _json_sql(store, "AND typed IS NULL", columns), from_position, to_position),
-            columns="fold" if columns == "fold" else "all",
+            _query(store, _json_sql(store, "AND typed IS NULL", columns), from_position, to_position), columns=columns
         )
         frame = pl.concat([frame.filter(pl.col("typed") == 1).select(list(schema)), decoded.select(list(schema))]).sort(
             "global_position"
@@ -853,7 +854,7 @@ def frame_from_raw(
     rows: list[tuple[int, str, str | None, str | None]],
     *,
     created_at: datetime | None = None,
-    columns: Literal["all", "fold"] = "all",
+    columns: Columns = "all",
 ) -> pl.DataFrame:
     """The events frame of raw ``(global_position, event_type, event_data, metadata)`` rows.
 

@@ -677,31 +677,53 @@ def test_append_records_continues_every_stream_whatever_its_name(store: EventSto
     assert [e.stream_version for e in store.read_events('quote"d')] == [1, 2, 3]
 
 
+# 13 ids, 12 neighbouring pairs: the rule is "at least 3 in 4 pairs ascend", so 9 is in order.
 @pytest.mark.parametrize(
-    ("ids", "deferred"),
+    ("order", "deferred"),
     [
-        ([None] * 12, False),  # the store's own: UUIDv7
-        ([f"e{n:02}" for n in range(12)], False),
-        ([f"e{n:02}" for n in [0, 1, 2, 4, 3, 5, 6, 7, 9, 8, 10, 11]], False),  # 9 of 11 pairs ascend
-        ([f"e{n:02}" for n in [3, 7, 1, 10, 0, 5, 11, 2, 8, 4, 9, 6]], True),  # 6 of 11
+        (None, False),  # the store's own ids: UUIDv7
+        (list(range(13)), False),
+        ([0, 1, 2, 4, 3, 5, 6, 8, 7, 9, 11, 10, 12], False),  # 9 of 12 pairs ascend
+        ([0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 10, 12, 11], True),  # 8 of 12
+        ([3, 7, 1, 10, 0, 5, 11, 2, 8, 4, 9, 6, 12], True),  # 7 of 12
     ],
-    ids=["store", "ascending", "late", "random"],
+    ids=["store", "ascending", "9-of-12", "8-of-12", "random"],
 )
 def test_auto_bulk_load_defers_the_indexes_only_for_ids_out_of_order(
-    store: EventStore, monkeypatch: pytest.MonkeyPatch, ids: list[str | None], deferred: bool
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, order: list[int] | None, deferred: bool
 ) -> None:
     import progress_lab.store as store_module
     from progress_lab.store import NewRecord
 
-    monkeypatch.setattr(store_module, "_CHUNK", 12)
-    monkeypatch.setitem(store_module.BULK_INDEXES, store.dialect, "auto")
+    ids = [None] * 13 if order is None else [f"e{n:02}" for n in order]
+    monkeypatch.setattr(store_module, "_CHUNK", 13)
+    if store.dialect != "sqlite":  # "auto" is SQLite's default; PostgreSQL keeps them by default
+        monkeypatch.setitem(store_module.BULK_INDEXES, store.dialect, "auto")
     statements: list[str] = []
     sa.event.listen(store.engine, "before_cursor_execute", lambda conn, cursor, statement, *args: statements.append(statement))
     records = [NewRecord(f"s{n % 2}", "ReviewProcessed", review(f"i{n}"), meta(), id_) for n, id_ in enumerate(ids)]
-    assert store.append_records(records) == 12
+    assert store.append_records(records) == 13
     assert any(statement.startswith("DROP INDEX") for statement in statements) == deferred
     assert [e.stream_version for e in store.read_events("s1")] == list(range(1, 7))
     assert "ix_event_store_event_id" in _event_store_indexes(store)
+
+
+@pytest.mark.parametrize("count", [9_999, 10_000])
+def test_a_bulk_load_is_an_import_of_10000_records_or_more(tmp_path: Path, count: int) -> None:
+    # The README's threshold. Random ids make a SQLite bulk load defer its indexes.
+    from progress_lab.store import NewRecord
+
+    store = connect(f"sqlite:///{tmp_path}/bulk.db")
+    try:
+        statements: list[str] = []
+        sa.event.listen(store.engine, "before_cursor_execute", lambda conn, cursor, statement, *args: statements.append(statement))
+        order = random.Random(7).sample(range(count), count)
+        records = [NewRecord(f"s{n % 50}", "ReviewProcessed", review(f"i{n}"), meta(), f"e{n:05}") for n in order]
+        assert store.append_records(records) == count
+        assert any(statement.startswith("DROP INDEX") for statement in statements) == (count == 10_000)
+        assert store.head_position() == count
+    finally:
+        store.close()
 
 
 def test_a_bulk_load_on_postgresql_leaves_readers_free(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
