@@ -20,7 +20,6 @@ import adbc_driver_manager
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pajson
 import sqlalchemy as sa
 
@@ -232,12 +231,13 @@ def _decode_json(lines: tuple[pa.Buffer, int] | None, schema: pa.Schema, n: int)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     # n objects, each opened by a line's own mark: so each line held exactly one object.
-    marks = table.column(_LINE_MARK)
-    if table.num_rows != n or marks.null_count or not pc.all(pc.equal(marks, mark)).as_py():
-        return None
-    frame = pl.from_arrow(table.drop_columns([_LINE_MARK]))
+    frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    return frame
+    # (polars, not pyarrow.compute: a first compute call imports pandas, half a second.)
+    marks = frame[_LINE_MARK]
+    if frame.height != n or marks.null_count() or not (marks == mark).all():
+        return None
+    return frame.drop(_LINE_MARK)
 
 
 # Which columns a frame has: all of FRAME_SCHEMA, or only the fold's (FOLD_SCHEMA).
