@@ -248,10 +248,12 @@ class ProjectionManager:
         one; with two batches asked for ahead, the reader never waits for the fold to take
         one before it starts the next. A single batch, the usual catch-up while following
         the log, is read in this thread: a reader thread would only add its start-up and
-        hand-over to the latency.
+        hand-over to the latency. So is every batch of an in-memory store, whose database
+        other threads cannot see.
         """
-        if len(ranges) == 1:
-            yield read_fold_frame(self.store, *ranges[0])
+        if len(ranges) == 1 or self.store._thread_bound:
+            for batch in ranges:
+                yield read_fold_frame(self.store, *batch)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-read") as reader:
             pending = deque(reader.submit(read_fold_frame, self.store, *r) for r in ranges[:_READ_AHEAD])
@@ -281,7 +283,7 @@ class ProjectionManager:
         return position >= head or (position - self._last_snapshot >= gap and head - position >= self.snapshot_span)
 
     def _start_snapshot(self, state: ProjectionState, *, skip_if_busy: bool) -> bool:
-        """Save ``state`` as a snapshot in the background.
+        """Save ``state`` as a snapshot in the background (in this thread for an in-memory store).
 
         When one is still being written, ``run_forever`` skips this one (the next batch
         will be due again) rather than wait; ``run_once`` waits, so that its snapshots
@@ -290,10 +292,19 @@ class ProjectionManager:
         if skip_if_busy and self._snapshot_pending is not None and not self._snapshot_pending.done():
             return False
         self.wait_for_snapshot()
-        if self._snapshot_writer is None:
-            self._snapshot_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-snapshot")
         previous, self._last_snapshot = self._last_snapshot, state.position
         self._last_snapshot_time = time.monotonic()
+        if self.store._thread_bound:  # an in-memory store: saved here, as its thread sees it
+            saved: Future[None] = Future()
+            try:
+                self._save_snapshot(state, previous)
+                saved.set_result(None)
+            except Exception as exc:
+                saved.set_exception(exc)
+            self._snapshot_pending = saved
+            return True
+        if self._snapshot_writer is None:
+            self._snapshot_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-snapshot")
         self._snapshot_pending = self._snapshot_writer.submit(self._save_snapshot, state, previous)
         return True
 

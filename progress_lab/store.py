@@ -334,6 +334,10 @@ class EventStore:
         # Arrow readers, opened on first use (frames.py): ADBC for PostgreSQL in-process,
         # a reader process for SQLite files.
         self._adbc: Any = None
+        # An in-memory SQLite database lives in one connection, and SQLAlchemy gives each
+        # thread a connection of its own (SingletonThreadPool): another thread would see an
+        # empty database. Such a store is used from the calling thread only.
+        self._thread_bound = isinstance(engine.pool, sa.pool.SingletonThreadPool)
         self._sqlite_reader: Any = None
         self._write_engine = (
             engine.execution_options(sqlite_begin="IMMEDIATE") if self.dialect == "sqlite" else engine

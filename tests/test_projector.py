@@ -116,6 +116,22 @@ def test_restart_restores_snapshot_and_folds_only_the_tail(db_url: str) -> None:
     assert_frame_equal(restarted.daily_stats(), manager.daily_stats())
 
 
+def test_an_in_memory_store_catches_up_in_many_batches_and_keeps_its_snapshots() -> None:
+    """``sqlite:///:memory:`` gives each thread a database of its own (SQLAlchemy's
+    SingletonThreadPool), so the projector must read and snapshot in the calling thread."""
+    store = plab.connect("sqlite:///:memory:")
+    load_generated(store, users=6, days=12, seed=8)
+    policy = plab.SnapshotPolicy(every=400, keep=2)
+    manager = plab.ProjectionManager(store, batch_size=300, snapshot_policy=policy, progress=False)
+    report = manager.run_once()
+    assert report.batches > 2 and report.to_position == store.head_position()
+    assert report.snapshots >= 1 and len(store.list_snapshots(manager.snapshot_stream)) >= 1
+    assert_read_models_equal_reference(store)
+    restarted = plab.ProjectionManager(store, batch_size=300, snapshot_policy=policy, progress=False)
+    assert restarted.state.position == store.head_position()
+    assert_frame_equal(restarted.user_progress(), manager.user_progress())
+
+
 def test_changed_options_need_a_rebuild(db_url: str) -> None:
     store = plab.connect(db_url)
     load_generated(store, users=3, days=5, seed=1)
