@@ -600,9 +600,10 @@ def _query(store: EventStore, sql: str, from_position: int, to_position: int) ->
         large = to_position - from_position + 1 >= _PROCESS_READ_MIN
         if large and to_position > 2**40:  # "to the end": size the read by the real head
             large = store.head_position() - from_position + 1 >= _PROCESS_READ_MIN
-        reader = _sqlite_reader(store) if large else None
-        if reader is not None:
-            return reader.query(sql.format(p1="?", p2="?"), (from_position, to_position))
+        pool = _sqlite_readers(store) if large else None
+        if pool is not None:
+            with pool.reader() as reader:
+                return reader.query(sql.format(p1="?", p2="?"), (from_position, to_position))
     else:
         try:
             conn = _adbc_connection(store)
@@ -804,19 +805,66 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
+#: Reader processes of one SQLite file that may read at once (the projector reads its next
+#: two batches side by side, so the reading keeps up with the fold on two cores).
+MAX_SQLITE_READERS = 2
+
+
+class _ReaderPool:
+    """The reader processes of one SQLite file: a query takes an idle one, and starts one
+    more (up to :data:`MAX_SQLITE_READERS`) when all are busy."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.readers: list[_SqliteReader] = []
+        self._idle: list[_SqliteReader] = []
+        self._starting = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[_SqliteReader]:
+        with self._changed:
+            while not self._idle and len(self.readers) + self._starting >= MAX_SQLITE_READERS:
+                self._changed.wait()
+            taken = self._idle.pop() if self._idle else None
+            if taken is None:
+                self._starting += 1
+        if taken is None:
+            try:
+                taken = _SqliteReader(self.path)  # its start-up outside the lock
+            finally:
+                with self._changed:
+                    self._starting -= 1
+                    if taken is not None:
+                        self.readers.append(taken)
+                    self._changed.notify()
+        try:
+            yield taken
+        finally:
+            with self._changed:
+                self._idle.append(taken)
+                self._changed.notify()
+
+    def close(self) -> None:
+        with self._changed:
+            readers, self.readers, self._idle = self.readers, [], []
+        for reader in readers:
+            reader.close()
+
+
 _READERS_LOCK = threading.Lock()
 
 
-def _sqlite_reader(store: EventStore) -> _SqliteReader | None:
+def _sqlite_readers(store: EventStore) -> _ReaderPool | None:
     database = store.engine.url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     with _READERS_LOCK:
-        reader = store._sqlite_reader
-        if reader is None:
-            reader = _SqliteReader(database)
-            store._sqlite_reader = reader
-    return reader
+        pool = store._sqlite_readers
+        if pool is None:
+            pool = _ReaderPool(database)
+            store._sqlite_readers = pool
+    return pool
 
 
 def read_events_frame(

@@ -246,7 +246,8 @@ class ProjectionManager:
 
         Reading the next batches (Arrow, outside the GIL) overlaps folding and writing this
         one; with two batches asked for ahead, the reader never waits for the fold to take
-        one before it starts the next. A single batch, the usual catch-up while following
+        one before it starts the next. A SQLite file's two are read side by side, each by a
+        reader process of its own. A single batch, the usual catch-up while following
         the log, is read in this thread: a reader thread would only add its start-up and
         hand-over to the latency. So is every batch of an in-memory store, whose database
         other threads cannot see.
@@ -255,7 +256,10 @@ class ProjectionManager:
             for batch in ranges:
                 yield read_fold_frame(self.store, *batch)
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress_lab-read") as reader:
+        # A SQLite file is read by processes of its own (frames.MAX_SQLITE_READERS), so two
+        # batches are read side by side; PostgreSQL's one ADBC connection reads one at a time.
+        workers = _READ_AHEAD if self.store.dialect == "sqlite" else 1
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="progress_lab-read") as reader:
             pending = deque(reader.submit(read_fold_frame, self.store, *r) for r in ranges[:_READ_AHEAD])
             try:
                 for index in range(len(ranges)):

@@ -332,13 +332,13 @@ class EventStore:
         self.clock = clock or _utcnow
         self.dialect = engine.dialect.name
         # Arrow readers, opened on first use (frames.py): ADBC for PostgreSQL in-process,
-        # a reader process for SQLite files.
+        # reader processes for SQLite files.
         self._adbc: Any = None
+        self._sqlite_readers: Any = None
         # An in-memory SQLite database lives in one connection, and SQLAlchemy gives each
         # thread a connection of its own (SingletonThreadPool): another thread would see an
         # empty database. Such a store is used from the calling thread only.
         self._thread_bound = isinstance(engine.pool, sa.pool.SingletonThreadPool)
-        self._sqlite_reader: Any = None
         self._write_engine = (
             engine.execution_options(sqlite_begin="IMMEDIATE") if self.dialect == "sqlite" else engine
         )
@@ -357,10 +357,10 @@ class EventStore:
         if adbc is not None:
             adbc.close()
             self._adbc = None
-        reader = getattr(self, "_sqlite_reader", None)
-        if reader is not None:
-            reader.close()
-            self._sqlite_reader = None
+        readers = getattr(self, "_sqlite_readers", None)
+        if readers is not None:
+            readers.close()
+            self._sqlite_readers = None
         self.engine.dispose()
 
     def __enter__(self) -> EventStore:

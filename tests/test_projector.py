@@ -324,19 +324,54 @@ def test_reader_process_results_are_the_same_without_shared_memory(sqlite_url: s
     load_generated(store, users=40, days=40, seed=5)
     assert store.head_position() >= frames._PROCESS_READ_MIN
     in_memory = store.events_frame()
-    in_shm = store._sqlite_reader
-    assert in_shm is not None
+    assert store._sqlite_readers.readers  # read by a reader process
     store.close()
 
     monkeypatch.setattr(frames, "_shared_memory_dir", lambda: None)
     store = plab.connect(sqlite_url)
     on_disk = store.events_frame()
-    reader = store._sqlite_reader
-    assert reader is not None and not reader._dir.startswith("/dev/shm")
+    [reader] = store._sqlite_readers.readers
+    assert not reader._dir.startswith("/dev/shm")
     assert_frame_equal(on_disk, in_memory)
     assert os.listdir(reader._dir) == []  # every result file is unlinked once mapped
     store.close()
     assert not os.path.exists(reader._dir)
+
+
+def test_reader_processes_read_side_by_side_up_to_their_limit(sqlite_url: str) -> None:
+    """A read finds the reader processes busy: it starts one more, up to MAX_SQLITE_READERS,
+    and past that waits for one to be free."""
+    from progress_lab import frames
+
+    store = plab.connect(sqlite_url)
+    load_generated(store, users=40, days=40, seed=5)
+    expected = store.events_frame()  # one reader process
+    pool = store._sqlite_readers
+    assert len(pool.readers) == 1 and frames.MAX_SQLITE_READERS == 2
+    results: list[pl.DataFrame] = []
+
+    def read() -> None:
+        results.append(store.events_frame())
+
+    with pool.reader() as held:  # the first process is busy
+        second = threading.Thread(target=read)
+        second.start()
+        second.join(timeout=60)
+        assert not second.is_alive() and len(pool.readers) == 2  # so the read started another
+        with pool.reader() as also_held:  # now both are busy
+            assert also_held is not held
+            third = threading.Thread(target=read)
+            third.start()
+            third.join(timeout=1.0)
+            assert third.is_alive() and len(results) == 1  # it waits for a free one
+        third.join(timeout=60)
+        assert not third.is_alive()
+    assert len(pool.readers) == 2 and len(results) == 2
+    for result in results:
+        assert_frame_equal(result, expected)
+    processes = [reader._process for reader in pool.readers]
+    store.close()
+    assert all(process.poll() is not None for process in processes)
 
 
 def test_a_long_catch_up_snapshots_on_the_way_at_growing_spacings(sqlite_url: str) -> None:
