@@ -12,6 +12,7 @@ import shutil
 import threading
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -872,13 +873,36 @@ def read_events_frame(
 ) -> pl.DataFrame:
     """The events between two positions (inclusive) as a typed frame; see :data:`FRAME_SCHEMA`."""
     upper = to_position if to_position is not None else 2**62
-    return _read(store, from_position, upper, "all", raw)
+    return _read_in_halves(store, from_position, upper, "all", raw)
 
 
 def read_fold_frame(store: EventStore, from_position: int = 1, to_position: int | None = None) -> pl.DataFrame:
     """Only what the fold reads (:data:`FOLD_SCHEMA`): fewer columns, a faster replay."""
     upper = to_position if to_position is not None else 2**62
-    return _read(store, from_position, upper, "fold", False)
+    return _read_in_halves(store, from_position, upper, "fold", False)
+
+
+def read_fold_batch(store: EventStore, from_position: int, to_position: int) -> pl.DataFrame:
+    """:func:`read_fold_frame` in one piece: for the projector, which reads two batches at once."""
+    return _read(store, from_position, to_position, "fold", False)
+
+
+def _read_in_halves(store: EventStore, from_position: int, to_position: int, columns: Columns, raw: bool) -> pl.DataFrame:
+    """A large read of a SQLite file as two halves read side by side, by two reader processes.
+
+    The first half ends at or below the head, whose positions are all committed (appends
+    number their events after the head, in commit order), so it reads the same whenever
+    it runs; the second reads what is there when it runs, as a single read would.
+    """
+    if _sqlite_readers(store) is not None:
+        last = min(to_position, store.head_position()) if to_position > 2**40 else to_position
+        if last - from_position + 1 >= 2 * _PROCESS_READ_MIN:
+            middle = (from_position + last) // 2
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="progress_lab-read") as pool:
+                first = pool.submit(_read, store, from_position, middle, columns, raw)
+                second = pool.submit(_read, store, middle + 1, to_position, columns, raw)
+                return pl.concat([first.result(), second.result()])
+    return _read(store, from_position, to_position, columns, raw)
 
 
 def iter_events_frames(

@@ -20,7 +20,7 @@ from ._schema import snapshots as _snapshots
 from .checkpoints import CheckpointStore
 from .errors import CheckpointError, ConsistencyError, StoreUnavailableError
 from .events import Snapshot
-from .frames import read_fold_frame
+from .frames import read_fold_batch, read_fold_frame
 from .projections import FoldOptions, ProjectionState, fold
 from .read_models import DailyStatsRepository, UserProgressRepository
 from .store import NOTIFY_CHANNEL, EventStore, SnapshotPolicy
@@ -260,12 +260,12 @@ class ProjectionManager:
         # batches are read side by side; PostgreSQL's one ADBC connection reads one at a time.
         workers = _READ_AHEAD if self.store.dialect == "sqlite" else 1
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="progress_lab-read") as reader:
-            pending = deque(reader.submit(read_fold_frame, self.store, *r) for r in ranges[:_READ_AHEAD])
+            pending = deque(reader.submit(read_fold_batch, self.store, *r) for r in ranges[:_READ_AHEAD])
             try:
                 for index in range(len(ranges)):
                     frame = pending.popleft().result()
                     if index + _READ_AHEAD < len(ranges):
-                        pending.append(reader.submit(read_fold_frame, self.store, *ranges[index + _READ_AHEAD]))
+                        pending.append(reader.submit(read_fold_batch, self.store, *ranges[index + _READ_AHEAD]))
                     yield frame
             finally:
                 for future in pending:
