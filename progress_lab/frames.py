@@ -858,7 +858,7 @@ _READERS_LOCK = threading.Lock()
 
 def _sqlite_readers(store: EventStore) -> _ReaderPool | None:
     database = store.engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if store.dialect != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
         return None
     with _READERS_LOCK:
         pool = store._sqlite_readers
@@ -894,7 +894,7 @@ def _read_in_halves(store: EventStore, from_position: int, to_position: int, col
     number their events after the head, in commit order), so it reads the same whenever
     it runs; the second reads what is there when it runs, as a single read would.
     """
-    if _sqlite_readers(store) is not None:
+    if store.dialect == "sqlite" and _sqlite_readers(store) is not None:
         last = min(to_position, store.head_position()) if to_position > 2**40 else to_position
         if last - from_position + 1 >= 2 * _PROCESS_READ_MIN:
             middle = (from_position + last) // 2
