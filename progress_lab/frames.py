@@ -776,6 +776,9 @@ class _SqliteReader:
         finally:
             _unlink(out)
 
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
     def close(self) -> None:
         with self._lock:
             if self._process.stdin is not None:
@@ -813,7 +816,11 @@ MAX_SQLITE_READERS = 2
 
 class _ReaderPool:
     """The reader processes of one SQLite file: a query takes an idle one, and starts one
-    more (up to :data:`MAX_SQLITE_READERS`) when all are busy."""
+    more (up to :data:`MAX_SQLITE_READERS`) when all are busy.
+
+    A process that has stopped (killed by the system for its memory, say) is dropped, so
+    the next read starts a new one instead of failing for good.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -825,6 +832,10 @@ class _ReaderPool:
     @contextlib.contextmanager
     def reader(self) -> Iterator[_SqliteReader]:
         with self._changed:
+            for stopped in [r for r in self._idle if not r.alive()]:
+                self._idle.remove(stopped)
+                self.readers.remove(stopped)
+                stopped.close()
             while not self._idle and len(self.readers) + self._starting >= MAX_SQLITE_READERS:
                 self._changed.wait()
             taken = self._idle.pop() if self._idle else None
@@ -843,7 +854,11 @@ class _ReaderPool:
             yield taken
         finally:
             with self._changed:
-                self._idle.append(taken)
+                if taken.alive():
+                    self._idle.append(taken)
+                else:
+                    self.readers.remove(taken)
+                    taken.close()
                 self._changed.notify()
 
     def close(self) -> None:

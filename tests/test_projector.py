@@ -414,6 +414,21 @@ def test_reader_processes_read_side_by_side_up_to_their_limit(sqlite_url: str) -
     assert all(process.poll() is not None for process in processes)
 
 
+def test_a_reader_process_that_stopped_is_replaced(sqlite_url: str) -> None:
+    """A reader process killed between reads (by the system, for its memory, say) does not
+    make every later read of the store fail: the next read starts a new one."""
+    store = plab.connect(sqlite_url)
+    load_generated(store, users=40, days=40, seed=5)
+    expected = store.events_frame(1, 20_000)  # one reader process (halves start at 40,000)
+    [reader] = store._sqlite_readers.readers
+    reader._process.kill()
+    reader._process.wait()
+    assert_frame_equal(store.events_frame(1, 20_000), expected)
+    [replacement] = store._sqlite_readers.readers
+    assert replacement is not reader and replacement.alive()
+    store.close()
+
+
 def test_a_long_catch_up_snapshots_on_the_way_at_growing_spacings(sqlite_url: str) -> None:
     store = plab.connect(sqlite_url)
     head = load_generated(store, users=22, days=30, seed=2)
