@@ -634,17 +634,17 @@ def _query(store: EventStore, sql: str, from_position: int, to_position: int) ->
             if raw_texts:
                 sa_conn.connection.driver_connection.text_factory = str  # type: ignore[union-attr]
     columns = list(zip(*rows)) if rows else [() for _ in names]
-    return pa.table(
-        {
-            name: pa.array(
-                [str(v) if name == "created_at" and v is not None else v for v in col],
-                type=pa.string() if name == "created_at" else None,
-            )
-            if rows
-            else pa.array([], type=pa.string())
+    # Built by polars: pyarrow's pa.array() of Python values imports pandas on its first
+    # call in a process, half a second of a small catch-up (or of `progress-lab demo`).
+    frame = pl.DataFrame(
+        [
+            pl.Series(name, [None if v is None else str(v) for v in col], dtype=pl.String)
+            if name == "created_at" or not rows
+            else pl.Series(name, col, strict=False)
             for name, col in zip(names, columns)
-        }
+        ]
     )
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
 def _from_typed(table: pa.Table, columns: Columns) -> pl.DataFrame:
