@@ -907,10 +907,12 @@ def _read_in_halves(store: EventStore, from_position: int, to_position: int, col
 
     The first half ends at or below the head, whose positions are all committed (appends
     number their events after the head, in commit order), so it reads the same whenever
-    it runs; the second reads what is there when it runs, as a single read would.
+    it runs; the second reads what is there when it runs, as a single read would. (Were
+    the cut above the head, events committed between the two reads could appear above
+    it while those below it were missed.)
     """
     if store.dialect == "sqlite" and _sqlite_readers(store) is not None:
-        last = min(to_position, store.head_position()) if to_position > 2**40 else to_position
+        last = min(to_position, store.head_position())
         if last - from_position + 1 >= 2 * _PROCESS_READ_MIN:
             middle = (from_position + last) // 2
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="progress_lab-read") as pool:

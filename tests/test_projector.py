@@ -378,6 +378,36 @@ def test_large_reads_of_a_sqlite_file_in_two_halves_equal_one_read(db_url: str, 
     store.close()
 
 
+def test_two_halves_leave_no_hole_when_events_commit_between_them(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The halves are cut at or below the head: events committed between the two reads
+    can only add to the end of the result, never leave a gap in it."""
+    from progress_lab import frames
+
+    store = plab.connect(sqlite_url)
+    head = load_generated(store, users=6, days=12, seed=8)
+    monkeypatch.setattr(frames, "_PROCESS_READ_MIN", 300)  # halves from 600 positions
+    read = frames._read
+    first_read = threading.Event()
+
+    def racing_read(store: plab.EventStore, start: int, end: int, columns: str, raw: bool) -> pl.DataFrame:
+        if start == 1:
+            frame = read(store, start, end, columns, raw)
+            first_read.set()
+            return frame
+        assert first_read.wait(60)
+        load_generated(store, users=3, days=12, seed=77)  # commits after the first half was read
+        return read(store, start, end, columns, raw)
+
+    monkeypatch.setattr(frames, "_read", racing_read)
+    # A range beyond the head, as a caller may give: cut in its middle, the halves would
+    # meet at head + 300, above the head, and miss what commits between head and there.
+    frame = store.events_frame(1, 2 * head + 600)
+    positions = frame["global_position"].to_list()
+    assert store.head_position() > head + 300
+    assert positions == list(range(1, len(positions) + 1))
+    store.close()
+
+
 def test_reader_processes_read_side_by_side_up_to_their_limit(sqlite_url: str) -> None:
     """A read finds the reader processes busy: it starts one more, up to MAX_SQLITE_READERS,
     and past that waits for one to be free."""
