@@ -911,7 +911,7 @@ def _read_in_halves(store: EventStore, from_position: int, to_position: int, col
     the cut above the head, events committed between the two reads could appear above
     it while those below it were missed.)
     """
-    if store.dialect == "sqlite" and _sqlite_readers(store) is not None:
+    if _sqlite_readers(store) is not None:  # a SQLite file
         last = min(to_position, store.head_position())
         if last - from_position + 1 >= 2 * _PROCESS_READ_MIN:
             middle = (from_position + last) // 2

@@ -378,6 +378,26 @@ def test_large_reads_of_a_sqlite_file_in_two_halves_equal_one_read(db_url: str, 
     store.close()
 
 
+def test_the_read_sizes_the_readme_gives_for_reader_processes_and_halves(sqlite_url: str) -> None:
+    """README: reads under 20,000 positions go through SQLAlchemy, from 20,000 through a
+    reader process, and from 40,000 in two halves, one per reader process."""
+    store = plab.connect(sqlite_url)
+    head = load_generated(store, users=80, days=40, seed=5)
+    assert head >= 40_000
+
+    def readers() -> int:
+        return 0 if store._sqlite_readers is None else len(store._sqlite_readers.readers)
+
+    parts = {}
+    for size, processes in [(19_999, 0), (20_000, 1), (39_999, 1), (40_000, 2)]:
+        parts[size] = store.events_frame(1, size)
+        assert readers() == processes, f"a read of {size:,} positions: {readers()} reader processes"
+    whole = store.events_frame()
+    for size, part in parts.items():
+        assert_frame_equal(part, whole.filter(pl.col("global_position") <= size))
+    store.close()
+
+
 def test_two_halves_leave_no_hole_when_events_commit_between_them(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The halves are cut at or below the head: events committed between the two reads
     can only add to the end of the result, never leave a gap in it."""
